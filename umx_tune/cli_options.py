@@ -1,0 +1,57 @@
+"""Click options derived from TrainConfig, shared by every command that takes a training config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import click
+
+from umx_tune.config import TrainConfig, param_fields
+
+_CLICK_TYPES: dict[str, Any] = {
+    "int": click.INT,
+    "float": click.FLOAT,
+    "str": click.STRING,
+    "bool": click.BOOL,
+}
+
+
+def option_name(param: str) -> str:
+    """CLI spelling of a TrainConfig parameter: hidden_size -> --hidden-size."""
+    return "--" + param.replace("_", "-")
+
+
+def config_options(only: Iterable[str] | None = None) -> Callable[[Callable], Callable]:
+    """Decorator adding one option per TrainConfig parameter (or those in only); defaults stay None
+    so that `pop_config_values` can tell what the user set."""
+    wanted = set(only) if only is not None else None
+    defaults = TrainConfig()
+
+    def decorate(func: Callable) -> Callable:
+        for f in reversed(param_fields()):
+            if wanted is not None and f.name not in wanted:
+                continue
+            kind = f.type if isinstance(f.type, str) else f.type.__name__
+            extra: dict[str, Any] = {}
+            if kind == "bool":  # `--unidirectional` alone, or `--unidirectional false` (MLproject)
+                extra = {"is_flag": False, "flag_value": True}
+            choices = f.metadata["choices"]
+            func = click.option(
+                option_name(f.name),
+                f.name,
+                type=click.Choice(choices) if choices else _CLICK_TYPES[kind],
+                default=None,
+                help=f"{f.metadata['help']} [default: {getattr(defaults, f.name)!r}]",
+                **extra,
+            )(func)
+        return func
+
+    return decorate
+
+
+def pop_config_values(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Remove the TrainConfig options from a command's kwargs; return those the user set."""
+    names = {f.name for f in param_fields()}
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    return {k: v for k, v in given.items() if v is not None}

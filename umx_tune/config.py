@@ -1,0 +1,192 @@
+"""TrainConfig: every hyperparameter and data/runtime option of one umx-tune run.
+
+This is the one place that spells each parameter's name, default, bounds and help text. The CLI
+options, the MLproject parameters, the MLflow params and the Optuna search spaces are derived from it
+or checked against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from umx_tune.errors import ConfigError
+
+SAMPLE_RATE = 44100
+TARGETS = ("vocals", "drums", "bass", "other")
+DEVICES = ("auto", "cpu", "cuda")
+EVALUATORS = ("museval", "fast")
+
+# Parameters that change the network's shape or what it predicts: a checkpoint trained with one
+# value cannot be resumed with another.
+MODEL_SHAPING = ("target", "hidden_size", "unidirectional", "bandwidth", "nfft", "nhop", "nb_channels")
+
+# Parameters that do not change results (the loss curve is the same for any worker count), left
+# out of the run signature so that runs differing only in them are recognised as duplicates.
+RESULT_NEUTRAL = ("nb_workers",)
+
+
+def _param(
+    default: Any,
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A dataclass field carrying its help text and bounds in metadata."""
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One Open-Unmix training run. Defaults are Open-Unmix's, except the CPU-sized ones noted."""
+
+    target: str = _param("vocals", "source to separate", choices=TARGETS)
+    batch_size: int = _param(16, "training batch size", low=1)
+    nb_workers: int = _param(0, "DataLoader worker processes (0 = load in the main process)", low=0)
+    hidden_size: int = _param(512, "hidden units of the LSTM and dense layers", low=1)
+    samples_per_track: int = _param(64, "random chunks drawn per training track per epoch", low=1)
+    # Open-Unmix trains for 1000 epochs on a GPU; 4 epochs keep the main job on 2 CPU cores under
+    # 10 minutes while the loss still falls clearly (see README).
+    epochs: int = _param(4, "training epochs", low=1)
+    seq_dur: float = _param(6.0, "training chunk length in seconds", low=0.0, low_open=True)
+    lr: float = _param(0.001, "Adam learning rate", low=0.0, low_open=True)
+    weight_decay: float = _param(1e-5, "Adam weight decay", low=0.0)
+    lr_decay_patience: int = _param(80, "epochs without improvement before the lr is decayed", low=0)
+    lr_decay_gamma: float = _param(0.3, "lr decay factor", low=0.0, high=1.0, low_open=True)
+    patience: int = _param(140, "early stopping: epochs without validation improvement", low=1)
+    unidirectional: bool = _param(False, "causal (unidirectional) LSTM, for real-time use")
+    bandwidth: float = _param(
+        16000.0, "model bandwidth in Hz; higher bins pass through", low=0.0, low_open=True
+    )
+    nfft: int = _param(4096, "STFT size (a power of two)", low=16)
+    nhop: int = _param(1024, "STFT hop size", low=1)
+    nb_channels: int = _param(2, "audio channels the model takes (1 = mono, 2 = stereo)", low=1, high=2)
+    seed: int = _param(42, "random seed", low=0)
+    device: str = _param("auto", "device to train on", choices=DEVICES)
+    root: str = _param("", "MUSDB18 folder; empty = the synthetic dataset")
+    is_wav: bool = _param(False, "the MUSDB18 folder holds WAV files (MUSDB18-HQ layout)")
+    synth_tracks: int = _param(
+        8, "synthetic dataset: training tracks (validation and test add a quarter each)", low=2
+    )
+    synth_duration: float = _param(20.0, "synthetic dataset: seconds per track", low=1.0)
+    synth_seed: int = _param(0, "synthetic dataset: generator seed", low=0)
+    evaluator: str = _param("museval", "BSSEval v4 implementation", choices=EVALUATORS)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_field(f, getattr(self, f.name))
+        _check_relations(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], *, where: str = "") -> TrainConfig:
+        """Build a config from a mapping of parameter names; unknown names and bad types raise."""
+        return cls().replace(where=where, **values)
+
+    def replace(self, *, where: str = "", **changes: Any) -> TrainConfig:
+        """A copy with some values changed, each coerced to its parameter's type and checked."""
+        known = {f.name: f for f in fields(self)}
+        prefix = f"{where}: " if where else ""
+        coerced = {}
+        for name, value in changes.items():
+            if name not in known:
+                raise ConfigError(f"{prefix}unknown parameter {name!r}; allowed: {', '.join(known)}")
+            coerced[name] = coerce(known[name], value, prefix)
+        try:
+            return dataclasses.replace(self, **coerced)
+        except ConfigError as err:
+            raise ConfigError(f"{prefix}{err}") from None
+
+    def to_params(self) -> dict[str, Any]:
+        """The parameters as a flat dict, names as in MLproject and MLflow."""
+        return dataclasses.asdict(self)
+
+    def signature(self) -> str:
+        """Short hash of every parameter that changes results (dora-style run signature)."""
+        relevant = {k: v for k, v in self.to_params().items() if k not in RESULT_NEUTRAL}
+        blob = json.dumps(relevant, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def model_shape_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """Model-shaping parameters whose values differ between self and other."""
+        return {
+            name: (getattr(self, name), getattr(other, name))
+            for name in MODEL_SHAPING
+            if getattr(self, name) != getattr(other, name)
+        }
+
+
+def param_fields() -> tuple[dataclasses.Field, ...]:
+    """The dataclass fields of TrainConfig, in declaration order."""
+    return fields(TrainConfig)
+
+
+def coerce(f: dataclasses.Field, value: Any, prefix: str = "") -> Any:
+    """Convert value (possibly a string from a CLI or file) to the field's type."""
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "bool":
+            return _to_bool(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{prefix}{f.name}={value!r} is not a valid {kind}") from None
+    raise AssertionError(f"unsupported field type {kind}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise ConfigError(f"{f.name}={value!r} is not allowed; choose one of {', '.join(meta['choices'])}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{f.name}={value!r} must be a finite number")
+    low, high = meta["low"], meta["high"]
+    if low is not None and (value < low or (meta["low_open"] and value == low)):
+        sign = ">" if meta["low_open"] else ">="
+        raise ConfigError(f"{f.name}={value!r} is out of range; must be {sign} {low:g}")
+    if high is not None and value > high:
+        raise ConfigError(f"{f.name}={value!r} is out of range; must be <= {high:g}")
+
+
+def _check_relations(cfg: TrainConfig) -> None:
+    if cfg.nfft & (cfg.nfft - 1):
+        raise ConfigError(f"nfft={cfg.nfft} must be a power of two (e.g. 1024, 2048, 4096)")
+    if cfg.nhop > cfg.nfft:
+        raise ConfigError(f"nhop={cfg.nhop} must be <= nfft={cfg.nfft}")
+    nyquist = SAMPLE_RATE / 2
+    if cfg.bandwidth > nyquist:
+        raise ConfigError(f"bandwidth={cfg.bandwidth:g} Hz is above Nyquist; must be <= {nyquist:g} Hz")
+    if not cfg.root and cfg.seq_dur > cfg.synth_duration:
+        raise ConfigError(
+            f"seq_dur={cfg.seq_dur:g} s is longer than the synthetic tracks; "
+            f"must be <= synth_duration={cfg.synth_duration:g} s"
+        )

@@ -1,0 +1,29 @@
+"""Errors a user can cause. The CLI prints their one-line message and exits with status 2."""
+
+from __future__ import annotations
+
+
+class UmxTuneError(Exception):
+    """Base class of every error a user can cause (bad input, missing data, unreachable server)."""
+
+    exit_code = 2
+
+
+class ConfigError(UmxTuneError):
+    """A configuration value is outside what TrainConfig allows."""
+
+
+class DatasetError(UmxTuneError):
+    """A dataset folder is missing, incomplete or holds unreadable audio."""
+
+
+class TrackingError(UmxTuneError):
+    """The MLflow tracking server cannot be reached or refuses a request."""
+
+
+class ModelError(UmxTuneError):
+    """A model URI, run id or checkpoint cannot be loaded or does not fit."""
+
+
+class OfflineError(UmxTuneError):
+    """Something needs the internet and the machine has none."""

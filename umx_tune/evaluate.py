@@ -1,0 +1,112 @@
+"""Separation of the test tracks and BSSEval v4 scoring, aggregated as in SiSEC 2018.
+
+Tracks are separated one after another in this process (the model uses torch's threads), and each
+separated track is scored in a pool of worker processes while the next one is separated.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import museval
+import numpy as np
+import torch
+import tqdm
+from openunmix import model as umx_model
+
+from umx_tune.config import SAMPLE_RATE
+from umx_tune.data.dataset import Track
+
+METRICS = ("SDR", "SIR", "ISR", "SAR")
+
+
+def residual_name(target: str) -> str:
+    """Name of the residual estimate: musdb's 'accompaniment' for vocals, else 'residual'."""
+    return "accompaniment" if target == "vocals" else "residual"
+
+
+@dataclass
+class EvaluationResult:
+    """SiSEC aggregates {name: {metric: dB}} for the target and residual, and per-track JSON files."""
+
+    scores: dict[str, dict[str, float]]
+    track_files: list[Path]
+    seconds: float
+    audio_seconds: float
+
+
+def separate(
+    separator: umx_model.Separator, audio: np.ndarray, device: torch.device
+) -> dict[str, np.ndarray]:
+    """Separate a mixture (nb_channels, nb_samples) into {name: (nb_samples, nb_channels)} float32."""
+    with torch.no_grad():
+        mix = torch.as_tensor(audio, dtype=torch.float32, device=device)[None]
+        estimates = separator(mix)  # (1, nb_targets + residual, nb_channels, nb_samples)
+    names = [*separator.target_models.keys(), "residual"]
+    return {name: estimates[0, k].T.cpu().numpy() for k, name in enumerate(names)}
+
+
+def evaluate_tracks(
+    separator: umx_model.Separator,
+    tracks: list[Track],
+    target: str,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    evaluator: str = "museval",
+    workers: int | None = None,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Separate and score every track; write one museval JSON per track into out_dir."""
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workers = workers or min(len(tracks), os.cpu_count() or 1)
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        jobs: list[Future[str]] = []
+        for track in tqdm.tqdm(tracks, desc="separating", disable=not progress, leave=False):
+            estimates = separate(separator, track.read("mixture"), device)
+            jobs.append(pool.submit(score_track, track, target, estimates, evaluator))
+        track_jsons = [job.result() for job in jobs]
+    files = []
+    for track, text in zip(tracks, track_jsons, strict=True):
+        path = out_dir / f"{track.name}.json"
+        path.write_text(text)
+        files.append(path)
+    return EvaluationResult(
+        scores=aggregate({t.name: text for t, text in zip(tracks, track_jsons, strict=True)}),
+        track_files=files,
+        seconds=time.perf_counter() - start,
+        audio_seconds=sum(t.duration for t in tracks),
+    )
+
+
+def score_track(track: Track, target: str, estimates: dict[str, np.ndarray], evaluator: str) -> str:
+    """BSSEval v4 of one track's target and residual; museval's TrackStore JSON."""
+    from umx_tune.bsseval import eval_track
+
+    residual = residual_name(target)
+    references = {target: track.read(target).T, residual: track.residual(target).T}
+    named = {target: estimates[target], residual: estimates["residual"]}
+    store = eval_track(references, named, track.name, rate=SAMPLE_RATE, evaluator=evaluator)
+    return store.json
+
+
+def aggregate(track_jsons: dict[str, str]) -> dict[str, dict[str, float]]:
+    """SiSEC 2018 aggregation by museval's EvalStore: median over frames per track, then over tracks.
+
+    track_jsons maps track names to museval TrackStore JSON.
+    """
+    store = museval.EvalStore(frames_agg="median", tracks_agg="median")
+    for name, text in track_jsons.items():
+        store.add_track(museval.json2df(json.loads(text), name))
+    result: dict[str, dict[str, float]] = {}
+    for (name, metric), value in store.agg_frames_tracks_scores().items():
+        result.setdefault(name, {})[metric] = float(value)
+    return result

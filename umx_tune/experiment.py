@@ -1,0 +1,131 @@
+"""run_experiment: the one pipeline every driver ends in (train, MLproject main, optimize trials).
+
+config ─► data ─► train ─► evaluate ─► logged to MLflow
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from openunmix.model import Separator
+
+from umx_tune import tracking
+from umx_tune.config import TrainConfig
+from umx_tune.data.dataset import DatasetSplits, open_dataset
+from umx_tune.evaluate import EvaluationResult, evaluate_tracks
+from umx_tune.model import build_separator, resolve_device
+from umx_tune.plots import loss_curve_png
+from umx_tune.train import EpochCallback, EpochResult, Trainer, TrainState
+
+DEFAULT_CHECKPOINT_ROOT = Path("umx-tune-checkpoints")
+
+
+@dataclass
+class ExperimentResult:
+    """What a finished run produced; the same values are in its MLflow run."""
+
+    run_id: str
+    config: TrainConfig
+    state: TrainState
+    evaluation: EvaluationResult
+    model_uri: str
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(self.state.epoch_seconds)
+
+
+def run_experiment(
+    config: TrainConfig,
+    tracker: tracking.RunTracker,
+    on_epoch: EpochCallback | None = None,
+    *,
+    resume: bool = False,
+    checkpoint_root: Path = DEFAULT_CHECKPOINT_ROOT,
+    progress: bool = True,
+) -> ExperimentResult:
+    """Train config, evaluate it on the test tracks and log everything to tracker's run.
+
+    on_epoch is called after each epoch has been logged (Optuna reports and prunes there).
+    resume continues from the run's last checkpoint under checkpoint_root.
+    """
+    device = resolve_device(config.device)
+    data = open_dataset(config, progress=progress)
+    tracker.log_config(config, resumed=resume)
+    tracker.set_tags({tracking.TAG_DEVICE: str(device)})
+    tracker.log_dataset(data.root, data.digest(), name=data.root.name)
+    trainer = Trainer(config, data, device, checkpoint_root / tracker.run_id, progress)
+
+    def after_epoch(result: EpochResult) -> None:
+        tracker.log_metrics(_epoch_metrics(result), step=result.epoch)
+        if progress:
+            _print_epoch(result, config.epochs)
+        if on_epoch is not None:
+            on_epoch(result)
+
+    training = trainer.fit(after_epoch, resume=resume)
+    _log_training(tracker, training.state)
+    separator = build_separator(config, training.unmix.to(device))
+    evaluation = _evaluate(config, data, separator, device, tracker, progress)
+    tracker.log_artifact(trainer.checkpoint_path, "checkpoint")
+    model_uri = tracker.log_model(separator.cpu())
+    return ExperimentResult(tracker.run_id, config, training.state, evaluation, model_uri)
+
+
+def _epoch_metrics(result: EpochResult) -> dict[str, float]:
+    return {
+        tracking.TRAIN_LOSS: result.train_loss,
+        tracking.VALID_LOSS: result.valid_loss,
+        tracking.EPOCH_SECONDS: result.seconds,
+        tracking.LEARNING_RATE: result.lr,
+    }
+
+
+def _log_training(tracker: tracking.RunTracker, state: TrainState) -> None:
+    seconds = sum(state.epoch_seconds)
+    tracker.log_metrics(
+        {
+            tracking.TRAIN_SECONDS: seconds,
+            tracking.TRAIN_SAMPLES_PER_SECOND: state.samples_seen / seconds if seconds else 0.0,
+            tracking.BEST_EPOCH: state.best_epoch,
+            tracking.EPOCHS_TRAINED: state.epoch,
+        }
+    )
+    with tracking.artifact_tempdir() as tmp:
+        png = loss_curve_png(state.train_losses, state.valid_losses, Path(tmp) / "loss_curve.png")
+        tracker.log_artifact(png, "plots")
+
+
+def _evaluate(
+    config: TrainConfig,
+    data: DatasetSplits,
+    separator: Separator,
+    device: torch.device,
+    tracker: tracking.RunTracker,
+    progress: bool,
+) -> EvaluationResult:
+    """Score the test tracks; log per-estimate metrics, the target's plain SDR/SIR/ISR/SAR and JSONs."""
+    with tracking.artifact_tempdir() as tmp:
+        evaluation = evaluate_tracks(
+            separator,
+            data.test,
+            config.target,
+            Path(tmp),
+            device=device,
+            evaluator=config.evaluator,
+            progress=progress,
+        )
+        tracker.log_artifacts(Path(tmp), "eval")
+    tracker.log_scores(evaluation.scores, config.target, evaluation.seconds)
+    return evaluation
+
+
+def _print_epoch(result: EpochResult, epochs: int) -> None:
+    print(
+        f"epoch {result.epoch}/{epochs}  train_loss {result.train_loss:.4f}  "
+        f"valid_loss {result.valid_loss:.4f}  ({result.seconds:.1f} s, lr {result.lr:g})",
+        file=sys.stderr,
+    )

@@ -1,0 +1,48 @@
+"""The summary a finished run prints: losses, scores, timing and where to look."""
+
+from __future__ import annotations
+
+import datetime
+
+import click
+
+from umx_tune import tracking
+from umx_tune.evaluate import METRICS
+from umx_tune.experiment import ExperimentResult
+
+
+def hms(seconds: float) -> str:
+    """Seconds as h:mm:ss."""
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def print_summary(result: ExperimentResult) -> None:
+    """Print the run's outcome to stdout."""
+    state = result.state
+    lines = [
+        f"run {result.run_id} finished (tracking: {tracking.tracking_uri()})",
+        f"  epochs {state.epoch}, training time {hms(result.train_seconds)}, "
+        f"evaluation time {hms(result.evaluation.seconds)}",
+        f"  final train_loss {state.train_losses[-1]:.4f}, valid_loss {state.valid_losses[-1]:.4f} "
+        f"(best {state.best_loss:.4f} at epoch {state.best_epoch})",
+    ]
+    lines.extend(score_lines(result.evaluation.scores))
+    lines.append(f"  model: {result.model_uri}")
+    lines.append(f"  look: {ui_hint()}")
+    click.echo("\n".join(lines))
+
+
+def score_lines(scores: dict[str, dict[str, float]]) -> list[str]:
+    """One line per estimate: SDR, SIR, ISR, SAR in dB."""
+    return [
+        f"  {name:<14} " + "  ".join(f"{m} {values[m]:6.2f}" for m in METRICS if m in values) + "  dB"
+        for name, values in scores.items()
+    ]
+
+
+def ui_hint() -> str:
+    """How to open the MLflow UI on this run's tracking store."""
+    uri = tracking.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"

@@ -1,0 +1,201 @@
+"""The only module that speaks MLflow for runs: params, metrics, tags, artifacts and the model.
+
+Every metric, param and tag name umx-tune writes is spelled here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+
+import umx_tune
+from umx_tune.config import TrainConfig
+from umx_tune.errors import TrackingError
+
+DEFAULT_EXPERIMENT = "umx-tune"
+
+# metric names
+TRAIN_LOSS = "train_loss"
+VALID_LOSS = "valid_loss"
+EPOCH_SECONDS = "epoch_seconds"
+LEARNING_RATE = "lr"
+BEST_EPOCH = "best_epoch"
+EPOCHS_TRAINED = "epochs_trained"
+TRAIN_SECONDS = "train_seconds"
+TRAIN_SAMPLES_PER_SECOND = "train_samples_per_second"
+EVAL_SECONDS = "eval_seconds"
+EVAL_REALTIME_FACTOR = "eval_rtf"
+
+# tag names
+TAG_PREFIX = "umx_tune."
+TAG_SIGNATURE = "umx_tune.signature"
+TAG_DEVICE = "umx_tune.device"
+TAG_ERROR = "umx_tune.error"
+
+MODEL_ARTIFACT = "model"
+
+
+def metric_name(estimate: str, metric: str) -> str:
+    """Per-estimate BSSEval metric name, e.g. 'vocals_SDR', 'accompaniment_SIR'."""
+    return f"{estimate}_{metric}"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else MLflow's local default (sqlite:///mlflow.db here)."""
+    return mlflow.get_tracking_uri()
+
+
+def check_server(uri: str | None = None, timeout: float = 10.0) -> None:
+    """Fail fast (TrackingError) when an http(s) tracking server does not answer /health."""
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        reason = f"HTTP {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        reason = str(getattr(err, "reason", err))
+    raise TrackingError(f"MLflow tracking server {uri} does not answer ({reason}); is it running?")
+
+
+def version_tags() -> dict[str, str]:
+    """umx-tune, torch and openunmix versions, as run tags."""
+    import openunmix
+    import torch
+
+    return {
+        "umx_tune.version": umx_tune.__version__,
+        "torch.version": torch.__version__,
+        "openunmix.version": getattr(openunmix, "__version__", "1.3.0"),
+    }
+
+
+class RunTracker:
+    """Logs one umx-tune run to the active MLflow run. Created by `start_run`."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def log_config(self, config: TrainConfig, resumed: bool = False) -> None:
+        """Params (TrainConfig names) and tags; on resume the params are already there."""
+        if not resumed:
+            mlflow.log_params(config.to_params())
+        mlflow.set_tags({**version_tags(), TAG_SIGNATURE: config.signature()})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_dataset(self, root: Path, digest: str, name: str) -> None:
+        """The dataset as an MLflow input (context 'training') with its digest."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        source = resolve_dataset_source(str(root))
+        dataset = MetaDataset(source=source, name=name, digest=digest)  # type: ignore[abstract]
+        mlflow.log_input(dataset, context="training")
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Metrics, logged asynchronously so that logging never waits on the server."""
+        mlflow.log_metrics(metrics, step=step, synchronous=False)
+
+    def log_scores(self, scores: dict[str, dict[str, float]], target: str, seconds: float) -> None:
+        """BSSEval aggregates: '<estimate>_<metric>' for every estimate, plain 'SDR' etc. for target."""
+        metrics = {metric_name(name, m): v for name, values in scores.items() for m, v in values.items()}
+        metrics.update(scores.get(target, {}))
+        metrics[EVAL_SECONDS] = seconds
+        self.log_metrics(metrics)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        mlflow.log_text(text, artifact_file)
+
+    def log_model(self, model: Any) -> str:
+        """The separator in MLflow's pytorch flavor; returns its model URI."""
+        import openunmix
+        import torch
+
+        requirements = [
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"openunmix=={getattr(openunmix, '__version__', '1.3.0')}",
+            "torchaudio",
+        ]
+        info = mlflow.pytorch.log_model(model, name=MODEL_ARTIFACT, pip_requirements=requirements)
+        return str(info.model_uri)
+
+
+@contextmanager
+def start_run(
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[RunTracker]:
+    """Start (or, with run_id, reopen) a run; it ends FINISHED, FAILED on error, KILLED on Ctrl-C.
+
+    Inside `mlflow run` (MLFLOW_RUN_ID set) the project's run is used.
+    """
+    check_server()
+    run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
+    try:
+        if run_id is None:
+            mlflow.set_experiment(experiment)
+        active = mlflow.start_run(
+            run_id=run_id,
+            run_name=run_name,
+            parent_run_id=parent_run_id,
+            nested=bool(parent_run_id),
+            tags=tags,
+        )
+    except MlflowException as err:
+        raise TrackingError(f"MLflow refused to start the run: {_first_line(err)}") from None
+    try:
+        yield RunTracker(active.info.run_id)
+    except KeyboardInterrupt:
+        _end(RunStatus.KILLED, "interrupted")
+        raise
+    except BaseException as err:
+        _end(RunStatus.FAILED, f"{type(err).__name__}: {_first_line(err)}")
+        raise
+    else:
+        _end(RunStatus.FINISHED, None)
+
+
+def _end(status: int, error: str | None) -> None:
+    """Flush async logging, record the error (if any) and end the run with the given status."""
+    try:
+        mlflow.flush_async_logging()
+        if error:
+            mlflow.set_tag(TAG_ERROR, error[:5000])
+    finally:
+        mlflow.end_run(RunStatus.to_string(status))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def artifact_tempdir() -> tempfile.TemporaryDirectory:
+    """A temporary folder for files that are logged as artifacts and then discarded."""
+    return tempfile.TemporaryDirectory(prefix="umx-tune-")

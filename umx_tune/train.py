@@ -1,0 +1,275 @@
+"""The training loop: Open-Unmix's training semantics in pure PyTorch, reporting through callbacks.
+
+No MLflow here: the per-epoch callback (umx_tune.experiment) logs and reports to Optuna.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import tqdm
+from openunmix import model as umx_model
+from torch.utils.data import DataLoader
+
+from umx_tune.config import TrainConfig
+from umx_tune.data.dataset import DatasetSplits, FullTracks, TrainChunks
+from umx_tune.errors import ModelError, UmxTuneError
+from umx_tune.model import build_encoder, build_unmix
+
+
+class TrainingDiverged(UmxTuneError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochResult:
+    """What one finished epoch reports to the callback."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    valid_loss: float
+    seconds: float
+    samples: int
+    lr: float
+    best_epoch: int
+    stop: bool  # early stopping triggered
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights that a resumed run needs to continue identically."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    train_losses: list[float] = field(default_factory=list)
+    valid_losses: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    samples_seen: int = 0
+
+
+@dataclass
+class TrainingResult:
+    unmix: umx_model.OpenUnmix  # the best-validation weights, on CPU
+    state: TrainState
+
+
+EpochCallback = Callable[[EpochResult], None]
+
+
+def compute_statistics(
+    config: TrainConfig, data: DatasetSplits, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-bin mean and scale of the mono magnitude spectrogram of the full training mixtures.
+
+    As Open-Unmix's get_statistics (a StandardScaler over frames); returns two (nb_bins,) arrays.
+    """
+    encoder = build_encoder(config)
+    count, total, total_sq = 0, np.zeros(1), np.zeros(1)
+    with torch.no_grad():
+        for track in tqdm.tqdm(data.train, desc="statistics", disable=not progress, leave=False):
+            mix = torch.from_numpy(track.read("mixture"))[None]
+            # (1, channels, bins, frames) -> mono (frames, bins)
+            spec = encoder(mix).mean(1)[0].T.double().numpy()
+            count += spec.shape[0]
+            total = total + spec.sum(0)
+            total_sq = total_sq + (spec**2).sum(0)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    std[std == 0.0] = 1.0  # as sklearn's scaler: constant bins keep scale 1
+    return mean, np.maximum(std, 1e-4 * std.max())
+
+
+class Trainer:
+    """Trains one OpenUnmix on a dataset, checkpointing every epoch into checkpoint_dir."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: DatasetSplits,
+        device: torch.device,
+        checkpoint_dir: Path,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.progress = progress
+        self.train_set = TrainChunks(data.train, config)
+        self.valid_set = FullTracks(data.valid, config.target)
+        self.encoder = build_encoder(config).to(device)
+
+    def fit(self, on_epoch: EpochCallback | None = None, resume: bool = False) -> TrainingResult:
+        """Train until config.epochs or early stopping; resume continues from the last checkpoint."""
+        torch.manual_seed(self.config.seed)
+        if resume:
+            unmix, optimizer, scheduler, state, best = self._load_checkpoint()
+        else:
+            mean, scale = compute_statistics(self.config, self.data, self.progress)
+            unmix = build_unmix(self.config, mean, scale).to(self.device)
+            optimizer, scheduler = self._optimizer(unmix)
+            state, best = TrainState(), copy.deepcopy(unmix.state_dict())
+        while state.epoch < self.config.epochs:
+            result = self._run_epoch(unmix, optimizer, scheduler, state)
+            if result.best_epoch == result.epoch:
+                best = copy.deepcopy(unmix.state_dict())
+            self._save_checkpoint(unmix, optimizer, scheduler, state, best)
+            if on_epoch is not None:
+                on_epoch(result)
+            if result.stop:
+                break
+        unmix.load_state_dict(best)
+        return TrainingResult(unmix=unmix.cpu().eval(), state=state)
+
+    def _optimizer(
+        self, unmix: torch.nn.Module
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
+        cfg = self.config
+        optimizer = torch.optim.Adam(unmix.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=cfg.lr_decay_gamma, patience=cfg.lr_decay_patience, cooldown=10
+        )
+        return optimizer, scheduler
+
+    def _run_epoch(
+        self,
+        unmix: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+        state: TrainState,
+    ) -> EpochResult:
+        epoch = state.epoch + 1
+        start = time.perf_counter()
+        train_loss = self._train_epoch(unmix, optimizer, epoch)
+        valid_loss = self._valid_loss(unmix)
+        for name, value in (("train_loss", train_loss), ("valid_loss", valid_loss)):
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"{name} became {value} at epoch {epoch}; try a lower lr")
+        scheduler.step(valid_loss)
+        seconds = time.perf_counter() - start
+        # early stopping as Open-Unmix's EarlyStopping(mode="min", min_delta=0)
+        if valid_loss < state.best_loss:
+            state.best_loss, state.best_epoch, state.bad_epochs = valid_loss, epoch, 0
+        else:
+            state.bad_epochs += 1
+        state.epoch = epoch
+        state.train_losses.append(train_loss)
+        state.valid_losses.append(valid_loss)
+        state.epoch_seconds.append(seconds)
+        state.samples_seen += len(self.train_set)
+        return EpochResult(
+            epoch=epoch,
+            train_loss=train_loss,
+            valid_loss=valid_loss,
+            seconds=seconds,
+            samples=len(self.train_set),
+            lr=optimizer.param_groups[0]["lr"],
+            best_epoch=state.best_epoch,
+            stop=state.bad_epochs >= self.config.patience,
+        )
+
+    def _train_loader(self, epoch: int) -> DataLoader:
+        self.train_set.set_epoch(epoch)
+        # the shuffle order depends on (seed, epoch) only, so a resumed run sees the same batches
+        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.config.batch_size,
+            shuffle=True,
+            num_workers=self.config.nb_workers,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _train_epoch(self, unmix: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+        """Mean MSE between estimated and true target magnitudes over the epoch's batches."""
+        unmix.train()
+        total, weight = 0.0, 0
+        batches = tqdm.tqdm(
+            self._train_loader(epoch), desc=f"epoch {epoch}", disable=not self.progress, leave=False
+        )
+        for x, y in batches:
+            x, y = x.to(self.device), y.to(self.device)
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(unmix(self.encoder(x)), self.encoder(y))
+            loss.backward()
+            optimizer.step()
+            # Open-Unmix weights each batch's loss by Y.size(1) (the channel count): a plain mean
+            total += loss.item() * y.size(1)
+            weight += y.size(1)
+        return total / weight
+
+    def _valid_loss(self, unmix: torch.nn.Module) -> float:
+        """Mean MSE over the full validation tracks, one track per batch."""
+        unmix.eval()
+        total, weight = 0.0, 0
+        with torch.no_grad():
+            for x, y in DataLoader(self.valid_set, batch_size=1):
+                x, y = x.to(self.device), y.to(self.device)
+                loss = torch.nn.functional.mse_loss(unmix(self.encoder(x)), self.encoder(y))
+                total += loss.item() * y.size(1)
+                weight += y.size(1)
+        return total / weight
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.checkpoint_dir / "checkpoint.pt"
+
+    def _save_checkpoint(
+        self,
+        unmix: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+        state: TrainState,
+        best: dict[str, torch.Tensor],
+    ) -> None:
+        """Write the checkpoint to a temporary file, then rename: a crash never leaves half a file."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "config": json.dumps(self.config.to_params()),
+            "state": json.dumps(asdict(state)),
+            "model": unmix.state_dict(),
+            "best_model": best,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(self.checkpoint_path)
+
+    def _load_checkpoint(self) -> tuple[Any, Any, Any, TrainState, dict[str, torch.Tensor]]:
+        payload = load_checkpoint(self.checkpoint_path)
+        saved = TrainConfig.from_dict(json.loads(payload["config"]))
+        differences = saved.model_shape_differences(self.config)
+        if differences:
+            desc = ", ".join(f"{k}={new!r} (checkpoint has {old!r})" for k, (old, new) in differences.items())
+            raise ModelError(f"cannot resume {self.checkpoint_path}: {desc}")
+        unmix = build_unmix(self.config).to(self.device)
+        unmix.load_state_dict(payload["model"])
+        optimizer, scheduler = self._optimizer(unmix)
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["torch_rng"])
+        return unmix, optimizer, scheduler, TrainState(**json.loads(payload["state"])), payload["best_model"]
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by Trainer, loaded with weights_only=True."""
+    if not path.is_file():
+        raise ModelError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt files
+        raise ModelError(f"cannot load checkpoint {path}: {err}") from None
