@@ -72,11 +72,13 @@ class DatasetSplits:
 
 def open_dataset(config: TrainConfig, *, progress: bool = False) -> DatasetSplits:
     """The dataset a config names: the synthetic one (built or cached) or a MUSDB18 folder."""
+    is_wav = config.is_wav
     if config.root:
         root = Path(config.root).expanduser()
         if not root.is_dir():
             raise DatasetError(f"root={config.root!r} does not exist or is not a folder")
     else:
+        is_wav = True
         from umx_tune.data.synth import ensure_synth_dataset
 
         root = ensure_synth_dataset(
@@ -84,9 +86,9 @@ def open_dataset(config: TrainConfig, *, progress: bool = False) -> DatasetSplit
         )
     splits = DatasetSplits(
         root=root,
-        train=_list_tracks(root, config.is_wav, "train", "train"),
-        valid=_list_tracks(root, config.is_wav, "train", "valid"),
-        test=_list_tracks(root, config.is_wav, "test", None),
+        train=_list_tracks(root, is_wav, "train", "train"),
+        valid=_list_tracks(root, is_wav, "train", "valid"),
+        test=_list_tracks(root, is_wav, "test", None),
     )
     for name, tracks in (("train", splits.train), ("valid", splits.valid), ("test", splits.test)):
         if not tracks:
@@ -116,7 +118,7 @@ def _list_tracks(root: Path, is_wav: bool, subset: str, split: str | None) -> li
     except (OSError, ValueError, KeyError) as err:
         raise DatasetError(f"root={str(root)!r} is not a MUSDB-layout folder: {err}") from None
     if is_wav:
-        return [_wav_track(Path(t.path), t.name) for t in db.tracks]
+        return [_wav_track(Path(t.path).parent, t.name) for t in db.tracks]
     from umx_tune.data.stems import decoded_track_dir
 
     return [_wav_track(decoded_track_dir(Path(t.path)), t.name) for t in db.tracks]
