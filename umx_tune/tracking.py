@@ -35,12 +35,26 @@ TRAIN_SECONDS = "train_seconds"
 TRAIN_SAMPLES_PER_SECOND = "train_samples_per_second"
 EVAL_SECONDS = "eval_seconds"
 EVAL_REALTIME_FACTOR = "eval_rtf"
+# real-time probe: processing time / audio duration, offline and streamed (causal models only)
+REALTIME_FACTOR = "rtf"
+REALTIME_FACTOR_STREAMING = "rtf_streaming"
+# BSSEval v4 metrics, logged plainly for the run's target and as '<estimate>_<metric>'
+SEPARATION_METRICS = ("SDR", "SIR", "ISR", "SAR")
 
 # tag names
 TAG_PREFIX = "umx_tune."
 TAG_SIGNATURE = "umx_tune.signature"
 TAG_DEVICE = "umx_tune.device"
 TAG_ERROR = "umx_tune.error"
+# a study is a parent run tagged with TAG_STUDY; each trial is a nested child run carrying all four
+TAG_STUDY = "umx_tune.study"
+TAG_TRIAL_NUMBER = "umx_tune.trial_number"
+TAG_TRIAL_STATE = "umx_tune.trial_state"
+TAG_GRID_ENTRY = "umx_tune.grid_entry"
+# MLflow's own tags: the UI shows these as the run name, the nesting and the run's description
+TAG_RUN_NAME = "mlflow.runName"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_NOTE = "mlflow.note.content"
 
 MODEL_ARTIFACT = "model"
 
