@@ -1,0 +1,168 @@
+"""Training throughput: umx-tune's trainer against Open-Unmix's reference loop, and MLflow's cost.
+
+Prints JSON. Both loops train the same OpenUnmix (same config, same synthetic WAV tracks, same
+threads) for the same number of batches, interleaved run by run so that machine noise hits both
+alike. The reference reproduces `scripts/train.py`'s train() with `openunmix.data.MUSDBDataset`
+(random track mix, gain and channel-swap augmentation), which reads every chunk through musdb.
+Data-loading share = time to iterate the same DataLoader alone / time of the training pass.
+
+    .venv/bin/python benchmarks/train_throughput.py            # hidden 512/batch 16 and 256/batch 8
+    .venv/bin/python benchmarks/train_throughput.py --quick    # fewer batches, one repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from umx_tune.config import TrainConfig
+from umx_tune.data.dataset import open_dataset
+from umx_tune.model import build_encoder, build_unmix
+from umx_tune.train import EpochResult, Trainer
+
+
+def reference_loader(config: TrainConfig, root: Path) -> DataLoader:
+    """Open-Unmix's training DataLoader over the same folder (musdb + ffmpeg per chunk)."""
+    from openunmix import data
+
+    dataset = data.MUSDBDataset(
+        target=config.target,
+        root=str(root),
+        is_wav=True,
+        subsets="train",
+        split="train",
+        seq_duration=config.seq_dur,
+        samples_per_track=config.samples_per_track,
+        source_augmentations=data.aug_from_str(["gain", "channelswap"]),
+        random_track_mix=True,
+        seed=config.seed,
+        setup_file="setup.yaml",
+    )
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.nb_workers)
+
+
+def reference_train(config: TrainConfig, batches: Iterable) -> None:
+    """scripts/train.py's train(): MSE between magnitudes, Adam, one step per batch."""
+    encoder = build_encoder(config)
+    unmix = build_unmix(config)
+    optimizer = torch.optim.Adam(unmix.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    unmix.train()
+    for x, y in batches:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(unmix(encoder(x)), encoder(y))
+        loss.backward()
+        optimizer.step()
+
+
+def take(loader: DataLoader, count: int) -> Iterable:
+    for index, batch in enumerate(loader):
+        if index == count:
+            return
+        yield batch
+
+
+def timed(func: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
+def measure(config: TrainConfig, nb_batches: int, repeats: int) -> dict:
+    """Interleaved reference / umx-tune passes of nb_batches each; medians of samples per second."""
+    data = open_dataset(config)
+    # one epoch of umx-tune = nb_batches batches: chunks per track chosen to match
+    ours_config = config.replace(samples_per_track=nb_batches * config.batch_size // len(data.train))
+    trainer = Trainer(ours_config, data, torch.device("cpu"), Path("/tmp/umx-bench-ckpt"), progress=False)
+    samples = len(trainer.train_set)
+    ref_loader = reference_loader(config, data.root)
+    results: dict[str, list[float]] = {k: [] for k in ("ref_s", "ref_load_s", "ours_s", "ours_load_s")}
+    for _ in range(repeats):
+        results["ref_s"].append(timed(lambda: reference_train(config, take(ref_loader, nb_batches))))
+        results["ref_load_s"].append(timed(lambda: list(take(ref_loader, nb_batches))))
+        unmix = build_unmix(ours_config)
+        optimizer, _ = trainer.make_optimizer(unmix)
+        results["ours_s"].append(timed(lambda: trainer.train_epoch(unmix, optimizer, 1)))  # noqa: B023
+        results["ours_load_s"].append(timed(lambda: list(trainer.train_loader(1))))
+    ref_samples = nb_batches * config.batch_size
+    med = {k: statistics.median(v) for k, v in results.items()}
+    return {
+        "hidden_size": config.hidden_size,
+        "batch_size": config.batch_size,
+        "samples_per_pass": {"reference": ref_samples, "umx_tune": samples},
+        "reference_samples_per_s": round(ref_samples / med["ref_s"], 3),
+        "umx_tune_samples_per_s": round(samples / med["ours_s"], 3),
+        "ratio": round((samples / med["ours_s"]) / (ref_samples / med["ref_s"]), 2),
+        "reference_loading_share": round(med["ref_load_s"] / med["ref_s"], 3),
+        "umx_tune_loading_share": round(med["ours_load_s"] / med["ours_s"], 3),
+        "raw_seconds": results,
+    }
+
+
+def logging_overhead(config: TrainConfig, epochs: int) -> dict:
+    """Epoch time of Trainer.fit with the per-epoch MLflow logging on and off, against a real server."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import tempfile
+
+    import mlflow
+    from conftest import start_mlflow_server, stop_mlflow_server
+
+    from umx_tune import tracking
+    from umx_tune.experiment import _epoch_metrics
+
+    server = start_mlflow_server(Path(tempfile.mkdtemp(prefix="umx-bench-mlflow-")))
+    os.environ["MLFLOW_TRACKING_URI"] = server.uri
+    mlflow.set_tracking_uri(server.uri)
+    try:
+        data = open_dataset(config)
+        seconds: dict[str, list[float]] = {"off": [], "on": []}
+        for mode in ("off", "on", "off", "on"):
+            trainer = Trainer(config.replace(epochs=epochs), data, torch.device("cpu"), Path(tempfile.mkdtemp()), False)
+            if mode == "off":
+                result = trainer.fit()
+            else:
+                with tracking.start_run(experiment="bench-logging") as tracker:
+
+                    def log(epoch: EpochResult, tracker: tracking.RunTracker = tracker) -> None:
+                        tracker.log_metrics(_epoch_metrics(epoch), step=epoch.epoch)
+
+                    result = trainer.fit(log)
+            seconds[mode].extend(result.state.epoch_seconds)
+    finally:
+        stop_mlflow_server(server)
+    off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
+    return {"epoch_seconds_off": off, "epoch_seconds_on": on, "overhead_pct": round(100 * (on - off) / off, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer batches, one repeat")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    nb_batches, repeats = (2, 1) if args.quick else (4, 3)
+    base = TrainConfig(device="cpu")
+    report = {
+        "threads": args.threads,
+        "workers": base.nb_workers,
+        "dataset": f"synthetic, {base.synth_tracks} train tracks x {base.synth_duration:g} s (WAV)",
+        "load_average": os.getloadavg(),
+        "configs": [
+            measure(base, nb_batches, repeats),
+            measure(base.replace(hidden_size=256, batch_size=8), nb_batches, repeats),
+        ],
+        "logging": logging_overhead(base.replace(hidden_size=256, batch_size=8, samples_per_track=4), 2),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""End to end against a real MLflow server: `mlflow run .`, `umx-tune train/separate/evaluate`, bad input."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import soundfile as sf
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, TINY, VENV_BIN, cli_env, run_cli
+from umx_tune.cli_options import option_name
+from umx_tune.config import TrainConfig
+
+TINY_ARGS = [arg for name, value in TINY.items() for arg in (option_name(name), str(value))]
+
+
+def _runs(client: MlflowClient, experiment: str) -> list:
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("umx-tune: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def project_run(mlflow_server, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One `mlflow run . --env-manager local` of the tiny config against the test server."""
+    params = [arg for name, value in TINY.items() for arg in ("-P", f"{name}={value}")]
+    workdir = tmp_path_factory.mktemp("mlflow-run")
+    result = subprocess.run(
+        [str(VENV_BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name", "e2e", *params],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=workdir,
+        env=cli_env(MLFLOW_TRACKING_URI=mlflow_server.uri),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    (run,) = _runs(MlflowClient(mlflow_server.uri), "e2e")
+    return run.info.run_id
+
+
+def test_mlflow_run_logs_params_curves_scores_and_model(project_run: str, tracking_uri: str, tmp_path: Path) -> None:
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(project_run)
+    assert run.info.status == "FINISHED"
+    expected = TrainConfig.from_dict(TINY).to_params()
+    assert {k: run.data.params[k] for k in expected} == {k: str(v) for k, v in expected.items()}
+    for name in ("train_loss", "valid_loss", "epoch_seconds"):
+        history = client.get_metric_history(project_run, name)
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
+    for name in ("SDR", "SIR", "ISR", "SAR", "vocals_SDR", "accompaniment_SAR", "train_seconds", "eval_seconds"):
+        assert math.isfinite(run.data.metrics[name]), name
+    assert run.data.tags["umx_tune.version"] and run.data.tags["openunmix.version"]
+    assert run.inputs.dataset_inputs[0].dataset.digest
+    artifacts = {a.path for a in client.list_artifacts(project_run)}
+    assert {"model", "plots", "eval", "checkpoint"} <= artifacts
+    separator = mlflow.pytorch.load_model(f"runs:/{project_run}/model")
+    mix = np.random.default_rng(0).standard_normal((1, 2, 44100)).astype("float32")
+    import torch
+
+    assert separator(torch.from_numpy(mix)).shape == (1, 2, 2, 44100)
+
+
+def test_separate_writes_target_and_residual(project_run: str, tracking_uri: str, tmp_path: Path) -> None:
+    song = tmp_path / "song.wav"
+    sf.write(song, np.random.default_rng(1).uniform(-0.3, 0.3, (44100, 2)), 44100)
+    result = run_cli("separate", "--model", project_run, str(song), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    for name in ("song_vocals.wav", "song_accompaniment.wav"):
+        audio, rate = sf.read(tmp_path / "out" / name)
+        assert rate == 44100 and audio.shape == (44100, 2)
+
+
+def test_evaluate_logs_a_new_run(project_run: str, tracking_uri: str, tmp_path: Path) -> None:
+    result = run_cli(
+        "evaluate", "--model", f"runs:/{project_run}/model", "--experiment", "evals", "--quiet",
+        *TINY_ARGS[TINY_ARGS.index("--synth-tracks"):], cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (run,) = _runs(MlflowClient(tracking_uri), "evals")
+    assert run.info.status == "FINISHED" and math.isfinite(run.data.metrics["SDR"])
+
+
+def test_train_resume_continues_the_loss_curve(tracking_uri: str, tmp_path: Path) -> None:
+    client = MlflowClient(tracking_uri)
+    args = [*TINY_ARGS, "--experiment", "resume", "--quiet", "--checkpoint-dir", str(tmp_path)]
+    first = run_cli("train", *args, "--epochs", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (run,) = _runs(client, "resume")
+    resumed = run_cli("train", *args, "--epochs", "3", "--resume", run.info.run_id, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    history = client.get_metric_history(run.info.run_id, "valid_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    refused = run_cli("train", *args, "--hidden-size", "32", "--resume", run.info.run_id, cwd=tmp_path)
+    _assert_one_line_error(refused, "hidden_size=32 (checkpoint has 16)")
+
+
+BAD_TRAIN_ARGS = [
+    (["--hidden-size", "0"], "hidden_size=0 is out of range; must be >= 1"),
+    (["--batch-size", "0"], "batch_size=0 is out of range; must be >= 1"),
+    (["--seq-dur", "3"], "seq_dur=3 s is longer than the synthetic tracks"),
+    (["--target", "piano"], "'piano' is not one of 'vocals', 'drums', 'bass', 'other'"),
+    (["--nfft", "1000"], "nfft=1000 must be a power of two"),
+    (["--nhop", "2048"], "nhop=2048 must be <= nfft=1024"),
+    (["--bandwidth", "30000"], "bandwidth=30000 Hz is above Nyquist"),
+    (["--root", "/no/such/folder"], "root='/no/such/folder' does not exist"),
+    (["--learning-rate", "0.1"], "No such option: --learning-rate"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_TRAIN_ARGS)
+def test_bad_train_input(extra: list[str], message: str, tracking_uri: str, tmp_path: Path) -> None:
+    result = run_cli("train", *TINY_ARGS, "--experiment", "bad-input", *extra, cwd=tmp_path)
+    _assert_one_line_error(result, message)
+    assert not [r for r in _runs(MlflowClient(tracking_uri), "bad-input") if r.info.status == "RUNNING"]
+
+
+def test_corrupt_dataset_fails_the_run_and_names_the_file(synth_root: Path, tracking_uri: str, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    (root / "train" / "synth-train-000" / "bass.wav").write_bytes(b"not a wav")
+    result = run_cli("train", *TINY_ARGS, "--root", str(root), "--is-wav", "--experiment", "corrupt", cwd=tmp_path)
+    _assert_one_line_error(result, "synth-train-000/bass.wav")
+    (run,) = _runs(MlflowClient(tracking_uri), "corrupt")
+    assert run.info.status == "FAILED" and "bass.wav" in run.data.tags["umx_tune.error"]
+
+
+def test_unknown_mlproject_parameter(tracking_uri: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(VENV_BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name", "bad-param",
+         "-P", "hidden_sise=8"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=cli_env(),
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "No such option: --hidden-sise" in result.stderr
+    runs = _runs(MlflowClient(tracking_uri), "bad-param")
+    assert runs and all(r.info.status == "FAILED" for r in runs)
+
+
+def test_tracking_server_that_does_not_answer(tmp_path: Path) -> None:
+    from conftest import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    result = run_cli("train", *TINY_ARGS, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
+    assert time.monotonic() - start < 30
+    _assert_one_line_error(result, f"MLflow tracking server {uri} does not answer")
+
+
+def test_pretrained_umxhq_fails_clearly_offline(tracking_uri: str, tmp_path: Path) -> None:
+    result = run_cli(
+        "evaluate", "--pretrained", "umxhq", *TINY_ARGS[TINY_ARGS.index("--synth-tracks"):], cwd=tmp_path,
+        TORCH_HOME=str(tmp_path / "torch-home"),
+    )  # fmt: skip
+    _assert_one_line_error(result, "cannot download the pretrained umxhq weights", "needs internet access")
