@@ -89,12 +89,6 @@ def test_invalid_parameters_are_dataset_errors(tmp_path: Path, bad: dict[str, fl
     assert list(tmp_path.iterdir()) == []
 
 
-def test_module_imports_neither_torch_nor_mlflow() -> None:
-    code = "import sys, umx_tune.data.synth; print('torch' in sys.modules, 'mlflow' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["False", "False"]
-
-
 # -- Layout and musdb ------------------------------------------------------------------------
 
 
@@ -127,10 +121,10 @@ def test_musdb_reads_the_splits(dataset: Path) -> None:
     assert [t.name for t in test] == ["synth-test-000"]
     track = test[0]
     assert track.rate == SR
-    assert track.audio.shape == (round(PARAMS["duration"] * SR), 2)
     assert set(track.targets) == {"vocals", "drums", "bass", "other", "accompaniment", "linear_mixture"}
-    # Quantised to 16 bits, the mixture is exactly the sum of the sources.
-    np.testing.assert_allclose(track.targets["linear_mixture"].audio, track.audio, atol=1e-6)
+    # Decoding goes through ffmpeg, one call per file: read two of them, not all.
+    assert track.audio.shape == track.targets["vocals"].audio.shape == (round(PARAMS["duration"] * SR), 2)
+    np.testing.assert_array_equal(track.audio, read_int16(Path(track.path)) / 32768.0)
 
 
 # -- Determinism -----------------------------------------------------------------------------
@@ -326,18 +320,20 @@ def test_cache_loser_of_a_race_uses_the_winners_copy(cache: Path, monkeypatch: p
 
 
 def test_cache_two_processes_at_once(cache: Path) -> None:
+    # Each process also reports whether the module pulled in torch or mlflow (it must not).
     code = (
         "import sys; from umx_tune.data import synth; "
-        "print(synth.ensure_synth_dataset(tracks=2, duration=1.0, seed=5))"
+        "path = synth.ensure_synth_dataset(tracks=1, duration=1.0, seed=5); "
+        "print(path, 'torch' in sys.modules, 'mlflow' in sys.modules)"
     )
     env = {**os.environ, "UMX_TUNE_CACHE": str(cache)}
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
         for _ in range(2)
     ]
-    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    outputs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    path = synth.synth_cache_path(2, 1.0, 5)
-    assert outputs == [str(path), str(path)]
+    path = synth.synth_cache_path(1, 1.0, 5)
+    assert outputs == [[str(path), "False", "False"]] * 2
     assert synth.is_complete(path)
     assert [p.name for p in (cache / "synth").iterdir()] == [path.name]
