@@ -231,9 +231,12 @@ def test_is_complete_needs_the_marker_and_its_files(dataset: Path, tmp_path: Pat
     assert not synth.is_complete(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [(OSError(28, "No space left on device"), DatasetError), (KeyboardInterrupt(), KeyboardInterrupt)],
+)
 def test_failure_mid_build_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException, raised: type[BaseException]
 ) -> None:
     real_write = synth._write_wav
     written: list[Path] = []
@@ -245,8 +248,13 @@ def test_failure_mid_build_leaves_nothing(
         return real_write(path, audio)
 
     monkeypatch.setattr(synth, "_write_wav", failing_write)
-    with pytest.raises(type(error)):
+    with pytest.raises(raised) as info:
         synth.write_synth_dataset(tmp_path / "ds", **PARAMS)
+    if raised is DatasetError:  # a user-facing one-liner naming the destination and the cause
+        assert (
+            str(info.value)
+            == f"cannot write the synthetic dataset to {tmp_path / 'ds'}: No space left on device"
+        )
     assert written and all(not p.exists() for p in written)
     assert list(tmp_path.iterdir()) == []  # neither `ds` nor its temporary sibling
 

@@ -107,21 +107,24 @@ def write_synth_dataset(
     """Build the dataset at `out` (which must not exist or be an empty folder) and return it.
 
     The folder is built in a temporary sibling and renamed into place once complete, so `out`
-    either does not appear or is complete. Raises DatasetError if `out` is not empty.
+    either does not appear or is complete. Raises DatasetError if `out` is not empty or cannot
+    be written.
     """
     out = Path(out)
     _check_params(tracks, duration, seed)
     if _is_non_empty(out):
         raise _DestinationTakenError(f"synthetic dataset destination is not empty: {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f"{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         _write_tree(tmp, tracks=tracks, duration=duration, seed=seed, progress=progress)
         _rename_into_place(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         # Also on KeyboardInterrupt: never leave a half-built folder behind.
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # unwritable folder, full disk: the user's to fix
+            raise DatasetError(f"cannot write the synthetic dataset to {out}: {exc.strerror or exc}") from exc
         raise
     return out
 
