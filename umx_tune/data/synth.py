@@ -87,7 +87,11 @@ def track_names(tracks: int) -> dict[str, list[str]]:
 
 def synth_cache_path(tracks: int, duration: float, seed: int) -> Path:
     """Cache folder of the dataset with these parameters (the generator version is in the name)."""
-    return cache_root() / "synth" / f"t{tracks}-d{duration:g}-s{seed}-v{GENERATOR_VERSION}"
+    # Short `20` or `7.5` where that is exact; the full repr otherwise, so that durations that
+    # differ in the 7th digit do not share a folder.
+    short = f"{duration:g}"
+    name = short if float(short) == duration else repr(float(duration))
+    return cache_root() / "synth" / f"t{tracks}-d{name}-s{seed}-v{GENERATOR_VERSION}"
 
 
 def is_complete(root: Path) -> bool:
