@@ -125,7 +125,9 @@ def logging_overhead(config: TrainConfig, epochs: int) -> dict:
         data = open_dataset(config)
         seconds: dict[str, list[float]] = {"off": [], "on": []}
         for mode in ("off", "on", "off", "on"):
-            trainer = Trainer(config.replace(epochs=epochs), data, torch.device("cpu"), Path(tempfile.mkdtemp()), False)
+            trainer = Trainer(
+                config.replace(epochs=epochs), data, torch.device("cpu"), Path(tempfile.mkdtemp()), False
+            )
             if mode == "off":
                 result = trainer.fit()
             else:
@@ -139,7 +141,11 @@ def logging_overhead(config: TrainConfig, epochs: int) -> dict:
     finally:
         stop_mlflow_server(server)
     off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
-    return {"epoch_seconds_off": off, "epoch_seconds_on": on, "overhead_pct": round(100 * (on - off) / off, 2)}
+    return {
+        "epoch_seconds_off": off,
+        "epoch_seconds_on": on,
+        "overhead_pct": round(100 * (on - off) / off, 2),
+    }
 
 
 def main() -> None:

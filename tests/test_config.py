@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from umx_tune.cli import cli
 from umx_tune.cli_options import option_name
 from umx_tune.config import MODEL_SHAPING, TrainConfig, param_fields

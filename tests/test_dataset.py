@@ -32,7 +32,9 @@ def _batches(config: TrainConfig, chunks: TrainChunks, workers: int) -> list[tor
     return [x for x, _ in loader]
 
 
-def test_chunks_are_the_same_for_any_worker_count_and_differ_between_samples(tiny_config: TrainConfig) -> None:
+def test_chunks_are_the_same_for_any_worker_count_and_differ_between_samples(
+    tiny_config: TrainConfig,
+) -> None:
     config = tiny_config.replace(samples_per_track=4)
     chunks = TrainChunks(open_dataset(config).train, config)
     alone, with_workers = _batches(config, chunks, 0), _batches(config, chunks, 2)
@@ -86,7 +88,9 @@ def test_missing_and_empty_roots(tiny_config: TrainConfig, tmp_path: Path) -> No
 
 def test_seq_dur_longer_than_shortest_track(tiny_config: TrainConfig, synth_root: Path) -> None:
     config = tiny_config.replace(root=str(synth_root), is_wav=True, seq_dur=3.0)
-    with pytest.raises(ConfigError, match=r"seq_dur=3 s is longer than the shortest training track \(2.00 s\)"):
+    with pytest.raises(
+        ConfigError, match=r"seq_dur=3 s is longer than the shortest training track \(2.00 s\)"
+    ):
         TrainChunks(open_dataset(config).train, config)
 
 

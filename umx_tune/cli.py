@@ -14,6 +14,7 @@ import click
 from umx_tune.cli_options import config_options, pop_config_values
 from umx_tune.config import TrainConfig
 from umx_tune.errors import UmxTuneError
+from umx_tune.search.command import optimize
 
 QUIET = click.option("--quiet", is_flag=True, help="no progress output")
 EXPERIMENT = click.option(
@@ -140,6 +141,9 @@ def data_synth(out: Path, tracks: int, duration: float, seed: int, quiet: bool) 
     from umx_tune.data.synth import write_synth_dataset
 
     click.echo(str(write_synth_dataset(out, tracks=tracks, duration=duration, seed=seed, progress=not quiet)))
+
+
+cli.add_command(optimize)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,9 +10,11 @@ import json
 import multiprocessing
 import os
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import museval
 import numpy as np
@@ -24,6 +26,7 @@ from umx_tune.config import SAMPLE_RATE
 from umx_tune.data.dataset import Track
 
 METRICS = ("SDR", "SIR", "ISR", "SAR")
+T = TypeVar("T")
 
 
 def residual_name(target: str) -> str:
@@ -67,8 +70,7 @@ def evaluate_tracks(
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = workers or min(len(tracks), os.cpu_count() or 1)
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with _scoring_pool(workers) as pool:
         jobs: list[Future[str]] = []
         for track in tqdm.tqdm(tracks, desc="separating", disable=not progress, leave=False):
             estimates = separate(separator, track.read("mixture"), device)
@@ -85,6 +87,25 @@ def evaluate_tracks(
         seconds=time.perf_counter() - start,
         audio_seconds=sum(t.duration for t in tracks),
     )
+
+
+class _InlineExecutor(Executor):
+    """Runs each job at submit time, in this process: no pool start-up for a single worker."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as err:  # handed to the caller through the future, as a pool would
+            future.set_exception(err)
+        return future
+
+
+def _scoring_pool(workers: int) -> Executor:
+    if workers <= 1:
+        return _InlineExecutor()
+    # spawn, not fork: forking a process that holds torch's threads can deadlock the child
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def score_track(track: Track, target: str, estimates: dict[str, np.ndarray], evaluator: str) -> str:

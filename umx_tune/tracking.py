@@ -51,6 +51,28 @@ TAG_STUDY = "umx_tune.study"
 TAG_TRIAL_NUMBER = "umx_tune.trial_number"
 TAG_TRIAL_STATE = "umx_tune.trial_state"
 TAG_GRID_ENTRY = "umx_tune.grid_entry"
+# the rest of a trial's mirror of its Optuna trial, and the study parent run's summary
+TAG_TRIAL_PARAMS = "umx_tune.trial_params"  # JSON: the values Optuna chose or the grid entry fixed
+TAG_TRIAL_DISTRIBUTIONS = "umx_tune.trial_distributions"  # JSON: Optuna's distribution of each
+TAG_TRIAL_RETRY_OF = "umx_tune.trial_retry_of"  # number of the trial a lost worker left unfinished
+TAG_PRUNED_EPOCH = "umx_tune.pruned_epoch"
+TAG_STUDY_MODE = "umx_tune.study_mode"  # grid or search
+TAG_STUDY_PLAN = "umx_tune.study_plan"  # the grid or space name (or file)
+TAG_STUDY_STORAGE = "umx_tune.study_storage"  # the Optuna storage URL (password masked)
+TAG_STUDY_STATE = "umx_tune.study_state"
+TAG_OBJECTIVE = "umx_tune.objective"
+TAG_DIRECTION = "umx_tune.direction"
+TAG_SAMPLER = "umx_tune.sampler"
+TAG_PRUNER = "umx_tune.pruner"
+TAG_BEST_TRIAL = "umx_tune.best_trial_number"
+TAG_BEST_RUN = "umx_tune.best_run_id"
+TAG_BEST_PARAM_PREFIX = "umx_tune.best."  # + parameter name, one tag per best-trial param
+TAG_REGISTERED_MODEL = "umx_tune.registered_model"  # name/version --register-best created
+# a trial's objective value(s) and its per-epoch reports to Optuna (step = epoch)
+TRIAL_VALUE = "trial_value"
+TRIAL_INTERMEDIATE = "trial_intermediate_value"
+BEST_VALUE = "best_value"
+STUDY_ARTIFACT_DIR = "study"
 # MLflow's own tags: the UI shows these as the run name, the nesting and the run's description
 TAG_RUN_NAME = "mlflow.runName"
 TAG_PARENT_RUN = "mlflow.parentRunId"
@@ -164,9 +186,11 @@ def start_run(
     run_id: str | None = None,
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
+    killed_on: tuple[type[BaseException], ...] = (),
 ) -> Iterator[RunTracker]:
     """Start (or, with run_id, reopen) a run; it ends FINISHED, FAILED on error, KILLED on Ctrl-C.
 
+    Exceptions in killed_on also end it KILLED, their message as the error tag (a pruned trial).
     Inside `mlflow run` (MLFLOW_RUN_ID set) the project's run is used.
     """
     check_server()
@@ -187,6 +211,9 @@ def start_run(
         yield RunTracker(active.info.run_id)
     except KeyboardInterrupt:
         _end(RunStatus.KILLED, "interrupted")
+        raise
+    except killed_on as err:
+        _end(RunStatus.KILLED, _first_line(err))
         raise
     except BaseException as err:
         _end(RunStatus.FAILED, f"{type(err).__name__}: {_first_line(err)}")

@@ -1,0 +1,159 @@
+"""The `umx-tune optimize` command: options, input checks, then the driver.
+
+Every option that may be left out also accepts an empty value, because the MLproject entry point
+passes each of its parameters on every call ("" where the user gave none).
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from umx_tune.cli_options import config_options, pop_config_values
+from umx_tune.config import TrainConfig
+from umx_tune.errors import ConfigError
+from umx_tune.search import choices, objectives, plans, show
+from umx_tune.search.settings import Request
+
+
+class Blankable(click.ParamType):
+    """Another click type, with "" meaning 'not given' (None)."""
+
+    def __init__(self, inner: click.ParamType) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return self.inner.convert(value, param, ctx)
+
+
+TEXT = Blankable(click.STRING)
+
+
+def _names(registry: dict[str, Any]) -> str:
+    return ", ".join(registry)
+
+
+@click.command()
+@click.option(
+    "--grid", type=TEXT, metavar="NAME|FILE", help="replay a grid: shipped name (seed) or YAML file"
+)
+@click.option(
+    "--search", type=TEXT, metavar="NAME|FILE", help="search a space: shipped name (default) or YAML"
+)
+@click.option("--show-grid", type=TEXT, metavar="NAME|FILE", help="print what the grid would run, then exit")
+@click.option("--show-space", type=TEXT, metavar="NAME|FILE", help="print the search space, then exit")
+@click.option("--study-name", type=TEXT, help="study to create, join or resume [default: a new name]")
+@click.option("--n-trials", type=Blankable(click.IntRange(min=1)), help="search budget over all workers")
+@click.option(
+    "--timeout",
+    type=Blankable(click.FloatRange(min=0, min_open=True)),
+    help="seconds after which this worker starts no new trial",
+)
+@click.option("--objective", type=TEXT, help=f"{_names(objectives.OBJECTIVES)} [default: valid_loss]")
+@click.option("--sampler", type=TEXT, help=f"Optuna sampler: {_names(choices.SAMPLERS)} [default: tpe]")
+@click.option("--sampler-seed", type=Blankable(click.INT), help="sampler seed (give each worker its own)")
+@click.option(
+    "--pruner",
+    type=TEXT,
+    help=f"prunes on the per-epoch validation loss: {_names(choices.PRUNERS)} [default: median]",
+)
+@click.option(
+    "--pruner-startup-trials",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="finished trials before the median pruner prunes",
+)
+@click.option(
+    "--storage", type=TEXT, help="Optuna storage URL [default: from the tracking URI; UMX_TUNE_STORAGE]"
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="seconds between heartbeats; a trial silent for 3 intervals is failed and queued again",
+)
+@click.option("--register-best", type=TEXT, metavar="NAME", help="register the best trial's model as NAME")
+@click.option("--experiment", type=TEXT, help="MLflow experiment [default: umx-tune]")
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(path_type=Path),
+    default=Path("umx-tune-checkpoints"),
+    show_default=True,
+    help="per-trial checkpoints (one folder per run id)",
+)
+@click.option("--quiet", is_flag=True, help="no per-epoch progress output")
+@config_options()
+def optimize(**kwargs: Any) -> None:
+    """Run a study: replay a grid or search a space, one nested MLflow run per trial.
+
+    Several workers (processes, machines) sharing --study-name and the storage share the study;
+    `umx-tune optimize --study-name NAME` alone resumes it. Every `train` option sets the base
+    config that grid or space values override.
+    """
+    from umx_tune.search import driver
+
+    given = pop_config_values(kwargs)
+    base = TrainConfig.from_dict(given)
+    if _show(kwargs, base):
+        return
+    request = _request(kwargs, given, base)
+    options = driver.RunOptions(
+        storage_url=kwargs["storage"],
+        heartbeat_interval=kwargs["heartbeat_interval"],
+        timeout=kwargs["timeout"],
+        sampler_seed=kwargs["sampler_seed"],
+        pruner_startup_trials=kwargs["pruner_startup_trials"],
+        register_best=kwargs["register_best"],
+        checkpoint_root=kwargs["checkpoint_dir"],
+        progress=not kwargs["quiet"],
+    )
+    driver.print_outcome(driver.optimize(request, options))
+
+
+def _show(kwargs: dict[str, Any], base: TrainConfig) -> bool:
+    if kwargs["show_grid"]:
+        click.echo(show.grid_table(plans.load_grid(kwargs["show_grid"], base), base))
+    if kwargs["show_space"]:
+        click.echo(show.space_table(plans.load_space(kwargs["show_space"], base), base))
+    return bool(kwargs["show_grid"] or kwargs["show_space"])
+
+
+def _request(kwargs: dict[str, Any], given: dict[str, Any], base: TrainConfig) -> Request:
+    """Everything checked before anything starts: names, plan files, budget."""
+    if kwargs["objective"] is not None:
+        objectives.get(kwargs["objective"])
+    choices.check_names(kwargs["sampler"] or "tpe", kwargs["pruner"] or "median")
+    if kwargs["grid"] and kwargs["search"]:
+        raise ConfigError("give --grid or --search, not both")
+    plan: plans.Grid | plans.Space | None = None
+    if kwargs["grid"]:
+        plan = plans.load_grid(kwargs["grid"], base)
+        if kwargs["n_trials"] is not None:
+            entries = len(plan.entries)
+            raise ConfigError(f"--n-trials is for --search; a grid runs each of its {entries} entries once")
+    elif kwargs["search"]:
+        plan = plans.load_space(kwargs["search"], base)
+    name = kwargs["study_name"]
+    if name is None:
+        if plan is None:
+            raise ConfigError("give --grid, --search, or the --study-name of a study to resume")
+        stem = Path(plan.name.split(" ")[-1]).stem
+        name = f"{stem}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    return Request(
+        study_name=name,
+        plan=plan,
+        objective=kwargs["objective"],
+        n_trials=kwargs["n_trials"],
+        base_values=given,
+        sampler=kwargs["sampler"],
+        pruner=kwargs["pruner"],
+        experiment=kwargs["experiment"],
+    )

@@ -1,0 +1,139 @@
+"""`umx-tune optimize` end to end: storage, study, worker loop, and the study's conclusion."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from umx_tune import tracking
+from umx_tune.errors import UmxTuneError
+from umx_tune.search import choices, mirror, storage, worker
+from umx_tune.search.settings import Request
+from umx_tune.search.setup import StudyContext, open_study
+from umx_tune.search.trial import TrialOptions
+
+
+class StudyFailed(UmxTuneError):
+    """Every trial this worker ran failed (a bug or an impossible base config, not a bad trial)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """This worker's own options (not part of the study's settings)."""
+
+    storage_url: str | None
+    heartbeat_interval: int
+    timeout: float | None
+    sampler_seed: int | None
+    pruner_startup_trials: int
+    register_best: str | None
+    checkpoint_root: Path
+    progress: bool
+
+
+@dataclass
+class Outcome:
+    ctx: StudyContext
+    report: worker.WorkerReport
+    best: FrozenTrial | None
+    concluded: bool
+    registered: str | None = None
+
+
+def optimize(request: Request, options: RunOptions) -> Outcome:
+    """Create or join the study, run trials until it is done, and conclude it if this worker is last."""
+    # --timeout counts from the start of the command, as Optuna's counts from optimize()
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    tracking.check_server()  # fail fast, before any storage or study is made
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # umx-tune reports trials itself
+    url = options.storage_url or storage.default_url(tracking.tracking_uri())
+    heartbeat = storage.HeartbeatSettings.every(options.heartbeat_interval)
+    raw = storage.open_storage(url, heartbeat, worker.on_stale_trial)
+    with mirror.tracking_errors("to set up the study"):
+        ctx = open_study(request, raw, storage.masked(url), mirror.pop_project_run())
+    study = ctx.load(
+        choices.make_sampler(ctx.settings.sampler, options.sampler_seed),
+        choices.make_pruner(ctx.settings.pruner, _pruner_settings(ctx, options)),
+    )
+    trial_options = TrialOptions(options.checkpoint_root, options.progress)
+    report = worker.WorkerReport()
+    try:
+        report = worker.run_worker(ctx, study, trial_options, deadline, poll=heartbeat.interval)
+    except KeyboardInterrupt:
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            mirror.end_parent(ctx.parent_run_id, "KILLED")
+        raise
+    outcome = Outcome(ctx, report, best=None, concluded=False)
+    if _should_conclude(ctx, study, report):
+        _conclude(outcome, study, options.register_best)
+    _check_not_all_failed(report)
+    return outcome
+
+
+def _pruner_settings(ctx: StudyContext, options: RunOptions) -> choices.PrunerSettings:
+    epochs_dist = ctx.settings.plan.distributions().get("epochs")
+    max_epochs = ctx.settings.base.epochs
+    if epochs_dist is not None:  # a grid or space that sets epochs: the largest it can take
+        high = getattr(epochs_dist, "high", None)
+        max_epochs = int(high if high is not None else max(epochs_dist.choices))  # type: ignore[attr-defined]
+    return choices.PrunerSettings(startup_trials=options.pruner_startup_trials, max_epochs=max_epochs)
+
+
+def _should_conclude(ctx: StudyContext, study: optuna.Study, report: worker.WorkerReport) -> bool:
+    """Only the worker that finished the study's last trial writes the summary (or, when nothing
+    was left to run, a worker that finds the summary missing), so that it is written once."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.RUNNING for t in trials):
+        return False
+    finished = [t for t in trials if t.state.is_finished() and t.datetime_complete is not None]
+    if not report.ran:
+        return not mirror.is_finished(ctx.parent_run_id)
+    last = max(finished, key=lambda t: t.datetime_complete)  # type: ignore[arg-type,return-value]
+    return last.number in report.ran
+
+
+def _conclude(outcome: Outcome, study: optuna.Study, register_best: str | None) -> None:
+    ctx = outcome.ctx
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    state = "complete" if not waiting else f"stopped with {waiting} trials queued"
+    outcome.best = mirror.finalize(ctx.parent_run_id, study, ctx.objective, state)
+    outcome.concluded = True
+    if register_best and outcome.best is not None:
+        outcome.registered = mirror.register_best(ctx.parent_run_id, outcome.best, register_best)
+    mirror.end_parent(ctx.parent_run_id, "FINISHED")
+
+
+def _check_not_all_failed(report: worker.WorkerReport) -> None:
+    states = list(report.ran.values())
+    if states and all(s == TrialState.FAIL.name for s in states):
+        raise StudyFailed(
+            f"all {len(states)} trials this worker ran failed; see their runs' umx_tune.error tag"
+        )
+
+
+def print_outcome(outcome: Outcome) -> None:
+    """What this worker did, on stdout."""
+    ctx = outcome.ctx
+    ran = ", ".join(f"{n}:{s}" for n, s in sorted(outcome.report.ran.items())) or "none"
+    lines = [
+        f"study {ctx.settings.name} ({ctx.settings.plan.mode} {ctx.settings.plan.name}, "
+        f"objective {ctx.objective.name}); storage {ctx.storage_url}",
+        f"  this worker ran trials: {ran} (stopped: {outcome.report.stopped_by})",
+        f"  parent run: {ctx.parent_run_id}",
+    ]
+    if outcome.best is not None:
+        lines.append(
+            f"  best trial {outcome.best.number}: {ctx.objective.name} {outcome.best.values}, "
+            f"params {outcome.best.params}, run {outcome.best.user_attrs.get(mirror.RUN_ID_ATTR)}"
+        )
+    if outcome.registered:
+        lines.append(f"  registered model: {outcome.registered}")
+    print("\n".join(lines))
+    sys.stdout.flush()

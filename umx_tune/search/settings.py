@@ -1,0 +1,129 @@
+"""A study's settings: fixed when the study is created, stored with it, checked when a worker joins."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from umx_tune.config import TrainConfig, coerce, param_fields
+from umx_tune.errors import ConfigError
+from umx_tune.search.plans import Grid, Space, plan_from_json
+from umx_tune.tracking import DEFAULT_EXPERIMENT
+
+# parameters a worker may set for itself: they depend on its machine, not on the study
+PER_WORKER = ("device", "nb_workers")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    name: str
+    plan: Grid | Space
+    objective: str
+    n_trials: int | None  # search: the budget across all workers (None: until --timeout/Ctrl-C)
+    base: TrainConfig
+    sampler: str
+    pruner: str
+    experiment: str  # the MLflow experiment of the parent and trial runs
+
+    @property
+    def budget(self) -> int | None:
+        """How many trials the study runs in all: a grid's entries, a search's n_trials."""
+        return len(self.plan.entries) if isinstance(self.plan, Grid) else self.n_trials
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "name": self.name,
+                "plan": self.plan.to_json(),
+                "objective": self.objective,
+                "n_trials": self.n_trials,
+                "base": self.base.to_params(),
+                "sampler": self.sampler,
+                "pruner": self.pruner,
+                "experiment": self.experiment,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> StudySettings:
+        data = json.loads(text)
+        return cls(
+            name=data["name"],
+            plan=plan_from_json(data["plan"]),
+            objective=data["objective"],
+            n_trials=data["n_trials"],
+            base=TrainConfig.from_dict(data["base"]),
+            sampler=data["sampler"],
+            pruner=data["pruner"],
+            experiment=data["experiment"],
+        )
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a worker was asked on its command line; None/empty where the user gave nothing."""
+
+    study_name: str
+    plan: Grid | Space | None
+    objective: str | None
+    n_trials: int | None
+    base_values: dict[str, Any]  # the train options given explicitly
+    sampler: str | None
+    pruner: str | None
+    experiment: str | None
+
+    def new_settings(self, default_objective: str) -> StudySettings:
+        """The settings of a study this request creates."""
+        if self.plan is None:
+            raise ConfigError(f"no study named {self.study_name!r} yet; start it with --grid or --search")
+        return StudySettings(
+            name=self.study_name,
+            plan=self.plan,
+            objective=self.objective or default_objective,
+            n_trials=self.n_trials,
+            base=TrainConfig.from_dict(self.base_values),
+            sampler=self.sampler or "tpe",
+            pruner=self.pruner or "median",
+            experiment=self.experiment or DEFAULT_EXPERIMENT,
+        )
+
+    def join(self, stored: StudySettings) -> StudySettings:
+        """The stored settings, with this worker's own choices; a conflict is a ConfigError."""
+        name = f"study {stored.name!r}"
+        if self.plan is not None and _content(self.plan) != _content(stored.plan):
+            raise ConfigError(
+                f"{name} runs {stored.plan.mode} {stored.plan.name}, not {self.plan.name} as given"
+            )
+        if self.objective is not None and self.objective != stored.objective:
+            raise ConfigError(f"{name} optimizes {stored.objective}, not {self.objective}; use another name")
+        if self.experiment is not None and self.experiment != stored.experiment:
+            raise ConfigError(
+                f"{name} is tracked in MLflow experiment {stored.experiment!r}, not {self.experiment!r}"
+            )
+        if self.n_trials is not None and self.n_trials != stored.n_trials:
+            raise ConfigError(f"{name} has a budget of {stored.n_trials} trials, not {self.n_trials}")
+        fields = {f.name: f for f in param_fields()}
+        given = {key: coerce(fields[key], value) for key, value in self.base_values.items()}
+        conflicts = [
+            f"{key}={getattr(stored.base, key)!r} (given {value!r})"
+            for key, value in given.items()
+            if key not in PER_WORKER and value != getattr(stored.base, key)
+        ]
+        if conflicts:
+            raise ConfigError(f"{name} was created with {', '.join(conflicts)}; drop or match those options")
+        own = {k: v for k, v in self.base_values.items() if k in PER_WORKER}
+        return replace(
+            stored,
+            base=stored.base.replace(**own),
+            sampler=self.sampler or stored.sampler,
+            pruner=self.pruner or stored.pruner,
+        )
+
+
+def _content(plan: Grid | Space) -> dict[str, Any]:
+    """What a plan runs, without its name (the same file may be given by another path)."""
+    data = json.loads(plan.to_json())
+    data.pop("name")
+    return data

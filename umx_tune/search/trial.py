@@ -1,0 +1,88 @@
+"""One trial: Optuna's trial becomes a TrainConfig, which runs the one pipeline in a nested run.
+
+The objective never builds anything from the trial itself: `plan.config_for` returns a plain
+TrainConfig, and `run_experiment` takes it from there, exactly as `umx-tune train` does.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from umx_tune import tracking
+from umx_tune.experiment import run_experiment
+from umx_tune.search import mirror
+from umx_tune.search.objectives import Objective
+from umx_tune.search.plans import GRID_ENTRY_ATTR
+from umx_tune.search.setup import StudyContext
+from umx_tune.train import EpochCallback, EpochResult
+
+
+class Pruned(optuna.TrialPruned):
+    """Optuna's TrialPruned, carrying the epoch it happened at."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"pruned at epoch {epoch}")
+        self.epoch = epoch
+
+
+@dataclass(frozen=True)
+class TrialOptions:
+    checkpoint_root: Path
+    progress: bool
+
+
+def run_name(ctx: StudyContext, trial: optuna.Trial) -> str:
+    entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
+    return entry or f"{ctx.settings.name}-{trial.number}"
+
+
+def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> tuple[float, ...]:
+    """Train and evaluate the trial's config in a child run of the study; returns its values.
+
+    Raises Pruned (the run ends KILLED), or whatever failed (the run ends FAILED with the reason).
+    """
+    entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
+    with tracking.start_run(
+        experiment=ctx.settings.experiment,
+        run_name=run_name(ctx, trial),
+        parent_run_id=ctx.parent_run_id,
+        tags=mirror.trial_tags(ctx.settings, trial, entry),
+        killed_on=(optuna.TrialPruned,),
+    ) as tracker:
+        # first thing: the run id, so that whoever finds this trial's worker dead can fail its run
+        trial.set_user_attr(mirror.RUN_ID_ATTR, tracker.run_id)
+        try:
+            config = ctx.settings.plan.config_for(trial, ctx.settings.base)
+        finally:
+            tracker.set_tags(mirror.trial_choices(trial))
+        result = run_experiment(
+            config,
+            tracker,
+            on_epoch=_reporter(trial, tracker, ctx.objective),
+            checkpoint_root=options.checkpoint_root,
+            progress=options.progress,
+        )
+        trial.set_user_attr(mirror.MODEL_URI_ATTR, result.model_uri)
+        values = ctx.objective.values(result)
+    return values
+
+
+def _reporter(trial: optuna.Trial, tracker: tracking.RunTracker, objective: Objective) -> EpochCallback:
+    """The per-epoch callback: report to Optuna, mirror the report, prune when Optuna says so."""
+
+    def on_epoch(epoch: EpochResult) -> None:
+        if objective.intermediate is None:
+            return
+        value = objective.intermediate(epoch)
+        trial.report(value, epoch.epoch)
+        tracker.log_metrics({tracking.TRIAL_INTERMEDIATE: value}, step=epoch.epoch)
+        if trial.should_prune():
+            tracker.set_tags({tracking.TAG_PRUNED_EPOCH: epoch.epoch})
+            print(f"trial {trial.number}: pruned at epoch {epoch.epoch}", file=sys.stderr)
+            raise Pruned(epoch.epoch)
+
+    return on_epoch

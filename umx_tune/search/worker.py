@@ -1,0 +1,189 @@
+"""The worker loop: claim a queued trial, run it with a heartbeat, tell Optuna, mirror to MLflow.
+
+A worker only ever claims WAITING trials (grid entries, search tickets, retries of lost trials):
+the claim is Optuna's compare-and-swap WAITING -> RUNNING, so no two workers run the same trial and
+a grid worker never invents a trial the grid does not hold. While nothing is queued but trials of
+other workers are RUNNING, a worker waits and keeps checking their heartbeats, so that a dead
+worker's trial is failed, its MLflow run marked FAILED and the trial queued again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import optuna
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from umx_tune.errors import UmxTuneError
+from umx_tune.search import mirror
+from umx_tune.search.plans import GRID_ENTRY_ATTR
+from umx_tune.search.setup import StudyContext
+from umx_tune.search.trial import Pruned, TrialOptions, run_trial
+
+REASON_ATTR = "fail_reason"
+RETRY_OF_ATTR = "retry_of"
+RETRIES_ATTR = "retries"
+MAX_RETRIES = 3  # a trial that kills its worker again and again is given up after this many
+
+
+@dataclass
+class WorkerReport:
+    ran: dict[int, str] = field(default_factory=dict)  # trial number -> final state
+    stopped_by: str = "done"  # done / timeout / interrupted
+
+
+def run_worker(
+    ctx: StudyContext, study: optuna.Study, options: TrialOptions, deadline: float | None, poll: float
+) -> WorkerReport:
+    """Run queued trials until none is left (and none runs elsewhere), or until the deadline
+    (a time.monotonic() value) has passed."""
+    report = WorkerReport()
+    while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            report.stopped_by = "timeout"
+            return report
+        fail_stale_trials(study)
+        trial = claim(ctx, study)
+        if trial is None:
+            if ctx.settings.budget is None:  # open-ended search: queue one more ticket
+                study.enqueue_trial({})
+                continue
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return report
+            time.sleep(poll)
+            continue
+        try:
+            report.ran[trial.number] = run_claimed(ctx, study, trial, options)
+        except KeyboardInterrupt:
+            report.ran[trial.number] = TrialState.FAIL.name
+            report.stopped_by = "interrupted"
+            raise
+
+
+def claim(ctx: StudyContext, study: optuna.Study) -> optuna.Trial | None:
+    """Atomically take the first WAITING trial (None if there is none)."""
+    # listed through the study, so that Optuna's trial cache knows the trial we then claim
+    for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if ctx.storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, waiting._trial_id)
+        except UpdateFinishedTrialError:
+            continue  # finished (e.g. failed as stale) between the listing and the claim
+    return None
+
+
+def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, options: TrialOptions) -> str:
+    """Run a claimed trial under a heartbeat; tell Optuna its outcome; mirror it. Returns the state."""
+    label = trial.user_attrs.get(GRID_ENTRY_ATTR) or f"trial {trial.number}"
+    print(f"{ctx.settings.name}: {label} (trial {trial.number}) starts", file=sys.stderr)
+    reason: str | None = None
+    try:
+        with heartbeat(ctx.storage, trial._trial_id):
+            values = run_trial(ctx, trial, options)
+        state, told = TrialState.COMPLETE, list(values)
+    except Pruned as pruned:
+        state, told, reason = TrialState.PRUNED, None, str(pruned)
+        trial.set_user_attr("pruned_epoch", pruned.epoch)
+    except KeyboardInterrupt:
+        _finish(ctx, study, trial, TrialState.FAIL, None, "interrupted (Ctrl-C)")
+        requeue(study, ctx.storage.get_trial(trial._trial_id))
+        raise
+    except Exception as err:  # the trial failed; the study goes on
+        state, told, reason = TrialState.FAIL, None, f"{type(err).__name__}: {_first_line(err)}"
+        if not isinstance(err, UmxTuneError):  # not a user error: the traceback helps find the bug
+            traceback.print_exc(file=sys.stderr)
+    final = _finish(ctx, study, trial, state, told, reason)
+    print(f"{ctx.settings.name}: {label} (trial {trial.number}) {final}", file=sys.stderr)
+    return final
+
+
+def _finish(
+    ctx: StudyContext,
+    study: optuna.Study,
+    trial: optuna.Trial,
+    state: TrialState,
+    values: list[float] | None,
+    reason: str | None,
+) -> str:
+    """Tell Optuna (the record of truth), then mirror the outcome on the trial's run."""
+    if reason:
+        trial.set_user_attr(REASON_ATTR, reason)
+    try:
+        frozen = study.tell(trial, values=values, state=None if values is not None else state)
+    except UpdateFinishedTrialError:
+        # another worker took this one for dead (missed heartbeats) and has queued it again
+        frozen = ctx.storage.get_trial(trial._trial_id)
+        reason = f"finished after being failed as stale; its retry counts instead ({reason or 'ok'})"
+    if frozen.state == TrialState.FAIL and reason is None:
+        reason = f"objective value not usable: {values}"  # Optuna fails NaN values itself
+    run_id = frozen.user_attrs.get(mirror.RUN_ID_ATTR)
+    if run_id:
+        mirror.record_trial_end(run_id, frozen, reason)
+    return frozen.state.name
+
+
+def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's callback for a trial whose worker stopped beating: fail its run, queue it again."""
+    print(f"{study.study_name}: trial {trial.number} lost its worker (no heartbeat)", file=sys.stderr)
+    mirror.mark_lost(trial, "worker lost: no heartbeat within the grace period")
+    requeue(study, trial)
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue an unfinished trial's config again (same params and grid entry), a few times at most."""
+    retries = int(trial.user_attrs.get(RETRIES_ATTR, 0))
+    if retries >= MAX_RETRIES:
+        print(f"{study.study_name}: trial {trial.number} given up after {retries} retries", file=sys.stderr)
+        return
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    attrs = {RETRY_OF_ATTR: trial.user_attrs.get(RETRY_OF_ATTR, trial.number), RETRIES_ATTR: retries + 1}
+    if GRID_ENTRY_ATTR in trial.user_attrs:
+        attrs[GRID_ENTRY_ATTR] = trial.user_attrs[GRID_ENTRY_ATTR]
+    study.enqueue_trial(params, user_attrs=attrs)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextmanager
+def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every interval from a thread while the block runs."""
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            # a missed beat (busy database) is no loss: the grace period spans several beats
+            with contextlib.suppress(Exception):
+                storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
