@@ -14,6 +14,7 @@ import click
 from umx_tune.cli_options import config_options, pop_config_values
 from umx_tune.config import TrainConfig
 from umx_tune.errors import UmxTuneError
+from umx_tune.report_command import report
 from umx_tune.search.command import optimize
 
 QUIET = click.option("--quiet", is_flag=True, help="no progress output")
@@ -144,6 +145,9 @@ def data_synth(out: Path, tracks: int, duration: float, seed: int, quiet: bool) 
 
 
 cli.add_command(optimize)
+
+
+cli.add_command(report)
 
 
 def main(argv: list[str] | None = None) -> None:

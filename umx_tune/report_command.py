@@ -1,0 +1,91 @@
+"""`umx-tune report`: a study's (or experiment's, or runs') tables and plots, read back from MLflow.
+
+The table goes to stdout in the chosen format (so csv and json can be piped); where the plots went
+goes to stderr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from umx_tune.report import Report
+
+# The keys of report.RENDERERS, spelled here so that `--help` need not import MLflow
+# (tests/test_report.py keeps the two in step).
+FORMATS = ("markdown", "csv", "json", "html")
+
+
+@click.command("report")
+@click.option("--study", default=None, help="study name (the umx_tune.study tag of its runs)")
+@click.option(
+    "--experiment", default=None, help="MLflow experiment name: all its runs, or where to look for --study"
+)
+@click.option("--runs", "runs_flag", is_flag=True, help="report the RUN_ID arguments")
+@click.argument("run_ids", nargs=-1, metavar="[RUN_ID]...")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="markdown", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="write the plots to this folder [default: log them to the study's parent run]",
+)
+@click.option("--no-plots", is_flag=True, help="print the tables only")
+def report(
+    study: str | None,
+    experiment: str | None,
+    runs_flag: bool,
+    run_ids: tuple[str, ...],
+    fmt: str,
+    out: Path | None,
+    no_plots: bool,
+) -> None:
+    """Print the study's two tables (training; SDR/SIR/ISR/SAR) and write its plots.
+
+    \b
+    umx-tune report --study grid                 # tables; plots logged to the study's parent run
+    umx-tune report --experiment umx-tune --format csv
+    umx-tune report --runs RUN_ID RUN_ID --out plots/
+    """
+    from umx_tune import report as rep
+
+    if bool(run_ids) != runs_flag:
+        raise click.UsageError("give run ids after --runs, e.g. --runs ID1 ID2")
+    if runs_flag and (study or experiment):
+        raise click.UsageError("give either --runs or --study/--experiment")
+    if study:
+        result = rep.load_study(study, experiment)
+    elif experiment:
+        result = rep.load_experiment(experiment)
+    elif runs_flag:
+        result = rep.load_runs(run_ids)
+    else:
+        raise click.UsageError("say what to report: --study NAME, --experiment NAME or --runs ID ...")
+    click.echo(rep.render(result, fmt), nl=False)
+    artifacts = [] if no_plots else _plots(result, out)
+    if result.study and result.parent_run_id:
+        rep.set_note(result, artifacts)
+        click.echo(f"description of parent run {result.parent_run_id} updated", err=True)
+    url = rep.ui_url(result)
+    if url:
+        click.echo(f"compare in the MLflow UI: {url}", err=True)
+
+
+def _plots(result: Report, out: Path | None) -> list[str]:
+    """Write the plots to out, else log them to the parent run; the artifact paths logged."""
+    from umx_tune import report as rep
+
+    if out is not None:
+        for path in rep.write_plots(result, out):
+            click.echo(f"plot: {path}", err=True)
+        return []
+    if result.parent_run_id is None:
+        click.echo("plots: not written (no study parent run to log them to; give --out DIR)", err=True)
+        return []
+    artifacts = rep.log_plots(result, result.parent_run_id)
+    for artifact in artifacts:
+        click.echo(f"plot: {artifact} (artifact of run {result.parent_run_id})", err=True)
+    return artifacts
