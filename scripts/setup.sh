@@ -21,7 +21,8 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
   apt_install ffmpeg
 fi
 if [ "${1:-}" = "test" ]; then
-  apt_install ffmpeg
+  # chromium and a font: the MLflow UI browser test (tests/test_browser.py)
+  apt_install ffmpeg chromium fonts-dejavu-core
 fi
 
 python=${PYTHON:-python3}
