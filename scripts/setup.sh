@@ -21,8 +21,9 @@ if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
   apt_install ffmpeg
 fi
 if [ "${1:-}" = "test" ]; then
+  # postgresql: the deployment test's database server; a Java runtime: pyspark's local Spark;
   # chromium and a font: the MLflow UI browser test (tests/test_browser.py)
-  apt_install ffmpeg chromium fonts-dejavu-core
+  apt_install ffmpeg postgresql openjdk-17-jre-headless chromium fonts-dejavu-core
 fi
 
 python=${PYTHON:-python3}
