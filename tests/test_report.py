@@ -359,6 +359,8 @@ def test_unknown_format(capsys: Capture, tracking_uri: str) -> None:
         (("--study", "empty"), ("study 'empty' has no trial runs yet",)),
         (("--runs", "0123456789abcdef0123456789abcdef"), ("no run with id",)),
         (("--runs",), ("give run ids after --runs",)),
+        (("--study", STUDY, "0123abcd"), ("unexpected argument '0123abcd'",)),
+        (("--runs", "0123abcd", "--study", STUDY), ("either --runs or --study",)),
         ((), ("--study NAME",)),
     ],
 )

@@ -52,8 +52,10 @@ def report(
     """
     from umx_tune import report as rep
 
-    if bool(run_ids) != runs_flag:
+    if runs_flag and not run_ids:
         raise click.UsageError("give run ids after --runs, e.g. --runs ID1 ID2")
+    if run_ids and not runs_flag:
+        raise click.UsageError(f"unexpected argument {run_ids[0]!r}; run ids follow --runs")
     if runs_flag and (study or experiment):
         raise click.UsageError("give either --runs or --study/--experiment")
     if study:
