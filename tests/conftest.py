@@ -87,6 +87,8 @@ def start_mlflow_server(root: Path, backend_uri: str | None = None, port: int | 
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=root,
+        # no huey job consumers (15 worker threads in two processes): the tests run no server jobs
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     server = MlflowServer(uri=f"http://127.0.0.1:{port}", root=root, process=process)
     try:
@@ -157,9 +159,36 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 300, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: float = 300, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess:
     """Run `umx-tune ARGS` as a real subprocess; returns the completed process (text output)."""
     exe = shutil.which("umx-tune", path=str(VENV_BIN)) or "umx-tune"
     return subprocess.run(
         [exe, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=cli_env(**env)
     )
+
+
+@dataclass
+class MainResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> MainResult:
+    """Run `umx-tune ARGS` in this process through the real entry point (`umx_tune.cli.main`).
+
+    Cheaper than a subprocess (no second import of torch and MLflow) where the exit status and
+    the output are what a test checks.
+    """
+    from umx_tune.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    captured = capsys.readouterr()
+    return MainResult(code, captured.out, captured.err)

@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, TINY, VENV_BIN, cli_env, run_cli
+from conftest import REPO, TINY, VENV_BIN, MainResult, cli_env, run_cli, run_main
 from mlflow.tracking import MlflowClient
 
 from umx_tune.cli_options import option_name
@@ -25,7 +25,7 @@ def _runs(client: MlflowClient, experiment: str) -> list:
     return client.search_runs([found.experiment_id]) if found else []
 
 
-def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+def _assert_one_line_error(result: subprocess.CompletedProcess | MainResult, *fragments: str) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -116,18 +116,18 @@ def test_evaluate_logs_a_new_run(project_run: str, tracking_uri: str, tmp_path: 
     assert run.info.status == "FINISHED" and math.isfinite(run.data.metrics["SDR"])
 
 
-def test_train_resume_continues_the_loss_curve(tracking_uri: str, tmp_path: Path) -> None:
+def test_train_resume_continues_the_loss_curve(tracking_uri: str, tmp_path: Path, capsys) -> None:
     client = MlflowClient(tracking_uri)
     args = [*TINY_ARGS, "--experiment", "resume", "--quiet", "--checkpoint-dir", str(tmp_path)]
-    first = run_cli("train", *args, "--epochs", "1", cwd=tmp_path)
+    first = run_main(capsys, "train", *args, "--epochs", "1")
     assert first.returncode == 0, first.stderr
     (run,) = _runs(client, "resume")
-    resumed = run_cli("train", *args, "--epochs", "3", "--resume", run.info.run_id, cwd=tmp_path)
+    resumed = run_main(capsys, "train", *args, "--epochs", "3", "--resume", run.info.run_id)
     assert resumed.returncode == 0, resumed.stderr
     history = client.get_metric_history(run.info.run_id, "valid_loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
-    refused = run_cli("train", *args, "--hidden-size", "32", "--resume", run.info.run_id, cwd=tmp_path)
+    refused = run_main(capsys, "train", *args, "--hidden-size", "32", "--resume", run.info.run_id)
     _assert_one_line_error(refused, "hidden_size=32 (checkpoint has 16)")
 
 
@@ -145,23 +145,21 @@ BAD_TRAIN_ARGS = [
 
 
 @pytest.mark.parametrize(("extra", "message"), BAD_TRAIN_ARGS)
-def test_bad_train_input(extra: list[str], message: str, tracking_uri: str, tmp_path: Path) -> None:
-    result = run_cli("train", *TINY_ARGS, "--experiment", "bad-input", *extra, cwd=tmp_path)
+def test_bad_train_input(extra: list[str], message: str, tracking_uri: str, capsys) -> None:
+    result = run_main(capsys, "train", *TINY_ARGS, "--experiment", "bad-input", *extra)
     _assert_one_line_error(result, message)
     assert not [r for r in _runs(MlflowClient(tracking_uri), "bad-input") if r.info.status == "RUNNING"]
 
 
 def test_corrupt_dataset_fails_the_run_and_names_the_file(
-    synth_root: Path, tracking_uri: str, tmp_path: Path
+    synth_root: Path, tracking_uri: str, tmp_path: Path, capsys
 ) -> None:
     import shutil
 
     root = tmp_path / "data"
     shutil.copytree(synth_root, root)
     (root / "train" / "synth-train-000" / "bass.wav").write_bytes(b"not a wav")
-    result = run_cli(
-        "train", *TINY_ARGS, "--root", str(root), "--is-wav", "--experiment", "corrupt", cwd=tmp_path
-    )
+    result = run_main(capsys, "train", *TINY_ARGS, "--root", str(root), "--is-wav", "--experiment", "corrupt")
     _assert_one_line_error(result, "synth-train-000/bass.wav")
     (run,) = _runs(MlflowClient(tracking_uri), "corrupt")
     assert run.info.status == "FAILED" and "bass.wav" in run.data.tags["umx_tune.error"]
@@ -189,9 +187,11 @@ def test_tracking_server_that_does_not_answer(tmp_path: Path) -> None:
     _assert_one_line_error(result, f"MLflow tracking server {uri} does not answer")
 
 
-def test_pretrained_umxhq_fails_clearly_offline(tracking_uri: str, tmp_path: Path) -> None:
-    result = run_cli(
-        "evaluate", "--pretrained", "umxhq", *TINY_ARGS[TINY_ARGS.index("--synth-tracks"):], cwd=tmp_path,
-        TORCH_HOME=str(tmp_path / "torch-home"),
-    )  # fmt: skip
+def test_pretrained_umxhq_fails_clearly_offline(
+    tracking_uri: str, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights
+    result = run_main(
+        capsys, "evaluate", "--pretrained", "umxhq", *TINY_ARGS[TINY_ARGS.index("--synth-tracks") :]
+    )
     _assert_one_line_error(result, "cannot download the pretrained umxhq weights", "needs internet access")

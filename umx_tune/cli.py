@@ -5,6 +5,8 @@ Every user error is one line on stderr and exit status 2; Ctrl-C exits 130.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,6 @@ import click
 from umx_tune.cli_options import config_options, pop_config_values
 from umx_tune.config import TrainConfig
 from umx_tune.errors import UmxTuneError
-from umx_tune.report_command import report
-from umx_tune.search.command import optimize
 
 QUIET = click.option("--quiet", is_flag=True, help="no progress output")
 EXPERIMENT = click.option(
@@ -23,7 +23,30 @@ EXPERIMENT = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose larger commands are imported only when invoked (or listed by --help).
+
+    Their modules pull in torch, MLflow and Optuna; `umx-tune train` should not pay for them.
+    """
+
+    lazy = {
+        "optimize": "umx_tune.search.command:optimize",
+        "realtime": "umx_tune.realtime_command:realtime",
+        "report": "umx_tune.report_command:report",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module, attribute = self.lazy[name].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            return command
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="umx-tune")
 def cli() -> None:
     """Train, evaluate and tune Open-Unmix models; every run is tracked in MLflow."""
@@ -54,16 +77,18 @@ def train(
 ) -> None:
     """Train one Open-Unmix config, evaluate it and log everything to MLflow."""
     from umx_tune import tracking
+
+    given = pop_config_values(values)
+    config = None if resume_run else TrainConfig.from_dict(given)
+    tracking.check_server()  # fail fast: before torch, the data and the model are loaded
+
     from umx_tune.experiment import run_experiment
     from umx_tune.loading import resume_config
     from umx_tune.summary import print_summary
 
-    given = pop_config_values(values)
     if resume_run:
-        tracking.check_server()
         config = resume_config(resume_run, checkpoint_dir, given)
-    else:
-        config = TrainConfig.from_dict(given)
+    assert config is not None
     with tracking.start_run(experiment=experiment, run_name=run_name, run_id=resume_run) as tracker:
         result = run_experiment(
             config, tracker, resume=bool(resume_run), checkpoint_root=checkpoint_dir, progress=not quiet
@@ -95,7 +120,10 @@ def evaluate(
 
     if bool(model_ref) == bool(pretrained):
         raise click.UsageError("give exactly one of --model URI and --pretrained NAME")
-    config = TrainConfig.from_dict(pop_config_values(values))
+    given = pop_config_values(values)
+    # evaluation cuts no training chunks: keep the default seq_dur clear of short synthetic tracks
+    given["seq_dur"] = min(TrainConfig().seq_dur, given.get("synth_duration", TrainConfig().synth_duration))
+    config = TrainConfig.from_dict(given)
     evaluate_model(
         config,
         model_ref=model_ref,
@@ -113,12 +141,16 @@ def evaluate(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("separated"), show_default=True
 )
 @config_options(only=("device",))
-def separate(model_ref: str, audio: Path, out: Path, **values: Any) -> None:
+@click.option("--stream", is_flag=True, help="separate block by block, as live (unidirectional models)")
+@click.option("--block", type=int, default=None, help="with --stream: block in samples [default: one hop]")
+def separate(model_ref: str, audio: Path, out: Path, stream: bool, block: int | None, **values: Any) -> None:
     """Separate an audio file into the model's target and the residual, written as WAV files."""
     from umx_tune.separate_file import separate_file
 
+    if block is not None and not stream:
+        raise click.UsageError("--block sets the streaming block; it needs --stream")
     config = TrainConfig.from_dict(pop_config_values(values))
-    for path in separate_file(model_ref, audio, out, device_name=config.device):
+    for path in separate_file(model_ref, audio, out, device_name=config.device, stream=stream, block=block):
         click.echo(str(path))
 
 
@@ -144,14 +176,10 @@ def data_synth(out: Path, tracks: int, duration: float, seed: int, quiet: bool) 
     click.echo(str(write_synth_dataset(out, tracks=tracks, duration=duration, seed=seed, progress=not quiet)))
 
 
-cli.add_command(optimize)
-
-
-cli.add_command(report)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and exit status 2."""
+    # MLflow's INFO lines ("Creating a new experiment") would interleave with our output
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         cli.main(args=argv, prog_name="umx-tune", standalone_mode=False)
     except click.exceptions.Exit as stop:

@@ -25,7 +25,6 @@ from openunmix import model as umx_model
 from umx_tune.config import SAMPLE_RATE
 from umx_tune.data.dataset import Track
 
-METRICS = ("SDR", "SIR", "ISR", "SAR")
 T = TypeVar("T")
 
 

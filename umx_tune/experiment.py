@@ -1,6 +1,6 @@
 """run_experiment: the one pipeline every driver ends in (train, MLproject main, optimize trials).
 
-config ─► data ─► train ─► evaluate ─► logged to MLflow
+config ─► data ─► train ─► evaluate ─► realtime probe ─► logged to MLflow
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from openunmix.model import Separator
 
-from umx_tune import tracking
+from umx_tune import realtime, tracking
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import DatasetSplits, open_dataset
 from umx_tune.evaluate import EvaluationResult, evaluate_tracks
@@ -32,6 +32,7 @@ class ExperimentResult:
     state: TrainState
     evaluation: EvaluationResult
     model_uri: str
+    speed: realtime.Measurement | None = None  # the real-time probe
 
     @property
     def train_seconds(self) -> float:
@@ -54,7 +55,7 @@ def run_experiment(
     """
     device = resolve_device(config.device)
     data = open_dataset(config, progress=progress)
-    tracker.log_config(config, resumed=resume)
+    tracker.log_config(config)
     tracker.set_tags({tracking.TAG_DEVICE: str(device)})
     tracker.log_dataset(data.root, data.digest(), name=data.root.name)
     trainer = Trainer(config, data, device, checkpoint_root / tracker.run_id, progress)
@@ -70,9 +71,11 @@ def run_experiment(
     _log_training(tracker, training.state)
     separator = build_separator(config, training.unmix.to(device))
     evaluation = _evaluate(config, data, separator, device, tracker, progress)
+    speed = realtime.probe(separator, data.test, device)
+    tracker.log_realtime(speed)
     tracker.log_artifact(trainer.checkpoint_path, "checkpoint")
     model_uri = tracker.log_model(separator.cpu())
-    return ExperimentResult(tracker.run_id, config, training.state, evaluation, model_uri)
+    return ExperimentResult(tracker.run_id, config, training.state, evaluation, model_uri, speed)
 
 
 def _epoch_metrics(result: EpochResult) -> dict[str, float]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import tempfile
@@ -50,7 +52,9 @@ def load_pretrained(name: str, target: str, device: torch.device) -> Separator:
     if target not in TARGETS:
         raise ConfigError(f"target={target!r} is not allowed; choose one of {', '.join(TARGETS)}")
     try:
-        separator = openunmix.umxhq(targets=[target], residual=True, niter=1, device=str(device))
+        # torch.hub announces the download on stderr; the error below says all that matters
+        with contextlib.redirect_stderr(io.StringIO()):
+            separator = openunmix.umxhq(targets=[target], residual=True, niter=1, device=str(device))
     except (urllib.error.URLError, OSError, RuntimeError) as err:
         raise OfflineError(
             f"cannot download the pretrained {name} weights ({_reason(err)}); "

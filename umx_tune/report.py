@@ -8,7 +8,6 @@ once as `Column`s, demucs-style, and rendered as markdown, csv, json or html fro
 from __future__ import annotations
 
 import csv
-import datetime
 import html
 import io
 import json
@@ -27,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from umx_tune import tracking
 from umx_tune.config import coerce, param_fields
 from umx_tune.errors import UmxTuneError
+from umx_tune.summary import hms
 
 MISSING = "—"
 MISSING_NOTE = f"{MISSING} = not in MLflow (run unfinished, failed or pruned)"
@@ -89,11 +89,6 @@ class Column:
     # optional columns (the real-time ones) are shown only when some run has a value
     optional: bool = False
     left: bool = False
-
-
-def hms(seconds: float) -> str:
-    """Seconds as h:mm:ss (as summary.hms; repeated here so `report` does not import torch)."""
-    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 def _number(spec: str) -> Callable[[Any], str]:

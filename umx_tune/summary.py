@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from umx_tune import tracking
-from umx_tune.evaluate import METRICS
-from umx_tune.experiment import ExperimentResult
+
+if TYPE_CHECKING:  # the summary module stays light: `report` imports hms from here
+    from umx_tune.experiment import ExperimentResult
 
 
 def hms(seconds: float) -> str:
@@ -35,7 +37,9 @@ def print_summary(result: ExperimentResult) -> None:
 def score_lines(scores: dict[str, dict[str, float]]) -> list[str]:
     """One line per estimate: SDR, SIR, ISR, SAR in dB."""
     return [
-        f"  {name:<14} " + "  ".join(f"{m} {values[m]:6.2f}" for m in METRICS if m in values) + "  dB"
+        f"  {name:<14} "
+        + "  ".join(f"{m} {values[m]:6.2f}" for m in tracking.SEPARATION_METRICS if m in values)
+        + "  dB"
         for name, values in scores.items()
     ]
 

@@ -5,14 +5,18 @@ Every metric, param and tag name umx-tune writes is spelled here.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
+import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -20,7 +24,10 @@ from mlflow.exceptions import MlflowException
 
 import umx_tune
 from umx_tune.config import TrainConfig
-from umx_tune.errors import TrackingError
+from umx_tune.errors import ModelError, TrackingError
+
+if TYPE_CHECKING:
+    from umx_tune.realtime import Measurement
 
 DEFAULT_EXPERIMENT = "umx-tune"
 
@@ -38,6 +45,10 @@ EVAL_REALTIME_FACTOR = "eval_rtf"
 # real-time probe: processing time / audio duration, offline and streamed (causal models only)
 REALTIME_FACTOR = "rtf"
 REALTIME_FACTOR_STREAMING = "rtf_streaming"
+# streaming only: algorithmic latency and per-block compute times (ms)
+LATENCY_MS = "latency_ms"
+BLOCK_MS_MEDIAN = "block_ms_median"
+BLOCK_MS_P99 = "block_ms_p99"
 # BSSEval v4 metrics, logged plainly for the run's target and as '<estimate>_<metric>'
 SEPARATION_METRICS = ("SDR", "SIR", "ISR", "SAR")
 
@@ -46,6 +57,11 @@ TAG_PREFIX = "umx_tune."
 TAG_SIGNATURE = "umx_tune.signature"
 TAG_DEVICE = "umx_tune.device"
 TAG_ERROR = "umx_tune.error"
+# what the real-time factors were measured on: device, torch threads, the processor's name
+TAG_RTF_DEVICE = "umx_tune.rtf_device"
+TAG_RTF_THREADS = "umx_tune.rtf_threads"
+TAG_RTF_PROCESSOR = "umx_tune.rtf_processor"
+REALTIME_ARTIFACT_DIR = "realtime"
 # a study is a parent run tagged with TAG_STUDY; each trial is a nested child run carrying all four
 TAG_STUDY = "umx_tune.study"
 TAG_TRIAL_NUMBER = "umx_tune.trial_number"
@@ -84,6 +100,64 @@ MODEL_ARTIFACT = "model"
 def metric_name(estimate: str, metric: str) -> str:
     """Per-estimate BSSEval metric name, e.g. 'vocals_SDR', 'accompaniment_SIR'."""
     return f"{estimate}_{metric}"
+
+
+def realtime_values(measurement: Measurement, suffix: str = "") -> tuple[dict[str, float], dict[str, str]]:
+    """(metrics, tags) of a real-time measurement; suffix (e.g. '_cpu_1t') keeps several apart."""
+    metrics = {REALTIME_FACTOR + suffix: measurement.rtf}
+    stream = measurement.stream
+    if stream is not None:
+        metrics[REALTIME_FACTOR_STREAMING + suffix] = stream.rtf
+        metrics[LATENCY_MS + suffix] = stream.latency_ms
+        metrics[BLOCK_MS_MEDIAN + suffix] = stream.block_ms_median
+        metrics[BLOCK_MS_P99 + suffix] = stream.block_ms_p99
+    tags = {
+        TAG_RTF_DEVICE + suffix: measurement.device,
+        TAG_RTF_THREADS + suffix: str(measurement.threads),
+        TAG_RTF_PROCESSOR + suffix: measurement.processor,
+    }
+    return metrics, tags
+
+
+def log_realtime_to_run(run_id: str, measurements: list[Measurement], report: str) -> None:
+    """Add measurements (metrics suffixed '_<device>_<threads>t') and the JSON report to a run.
+
+    The run is written through the client, so a finished run stays finished.
+    """
+    from mlflow.entities import Metric, RunTag
+
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for m in measurements:
+        # 'cuda:0' -> 'cuda0': MLflow names allow letters, digits, '_', '-', '.', ' ', '/'
+        suffix = "_" + re.sub(r"[^0-9A-Za-z]+", "", m.device) + f"_{m.threads}t"
+        values, labels = realtime_values(m, suffix)
+        metrics.update(values)
+        tags.update(labels)
+    try:
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        client.log_text(run_id, report, f"{REALTIME_ARTIFACT_DIR}/realtime-{now}.json")
+    except MlflowException as err:
+        raise TrackingError(f"cannot log to run {run_id}: {_first_line(err)}") from None
+
+
+def model_run_id(uri: str) -> str:
+    """The run that logged a model URI (runs:/, models:/, …); ModelError if it names none."""
+    from mlflow.models import get_model_info
+
+    try:
+        run_id = get_model_info(uri).run_id
+    except (MlflowException, OSError) as err:
+        raise ModelError(f"cannot find the run of model {uri!r}: {_first_line(err)}") from None
+    if not run_id:
+        raise ModelError(f"model {uri!r} was not logged by a run; --log needs one")
+    return str(run_id)
 
 
 def tracking_uri() -> str:
@@ -126,10 +200,14 @@ class RunTracker:
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
 
-    def log_config(self, config: TrainConfig, resumed: bool = False) -> None:
-        """Params (TrainConfig names) and tags; on resume the params are already there."""
-        if not resumed:
-            mlflow.log_params(config.to_params())
+    def log_config(self, config: TrainConfig) -> None:
+        """Params (TrainConfig names) and tags.
+
+        Params already in the run are kept: MLflow params are immutable, `mlflow run` logs the
+        MLproject parameters itself (shell-quoted), and a resumed run has them from its start.
+        """
+        logged = mlflow.get_run(self.run_id).data.params
+        mlflow.log_params({k: v for k, v in config.to_params().items() if k not in logged})
         mlflow.set_tags({**version_tags(), TAG_SIGNATURE: config.signature()})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
@@ -140,13 +218,21 @@ class RunTracker:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
-        source = resolve_dataset_source(str(root))
+        with warnings.catch_warnings():  # MLflow warns that two registered local sources both match
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(root))
         dataset = MetaDataset(source=source, name=name, digest=digest)  # type: ignore[abstract]
         mlflow.log_input(dataset, context="training")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Metrics, logged asynchronously so that logging never waits on the server."""
         mlflow.log_metrics(metrics, step=step, synchronous=False)
+
+    def log_realtime(self, measurement: Measurement) -> None:
+        """The pipeline's real-time probe: plain `rtf`, `rtf_streaming`, … and what it ran on."""
+        metrics, tags = realtime_values(measurement)
+        self.log_metrics(metrics)
+        self.set_tags(tags)
 
     def log_scores(self, scores: dict[str, dict[str, float]], target: str, seconds: float) -> None:
         """BSSEval aggregates: '<estimate>_<metric>' for every estimate, plain 'SDR' etc. for target."""
@@ -174,7 +260,17 @@ class RunTracker:
             f"openunmix=={getattr(openunmix, '__version__', '1.3.0')}",
             "torchaudio",
         ]
-        info = mlflow.pytorch.log_model(model, name=MODEL_ARTIFACT, pip_requirements=requirements)
+        # "pickle": torch.export (pt2) cannot trace the STFT/LSTM separator; weights + JSON config
+        # are also in the run's checkpoint/ artifact
+        pytorch_logger = logging.getLogger("mlflow.pytorch")
+        level = pytorch_logger.level
+        pytorch_logger.setLevel(logging.ERROR)  # silence the pickle advisory on every run
+        try:
+            info = mlflow.pytorch.log_model(
+                model, name=MODEL_ARTIFACT, pip_requirements=requirements, serialization_format="pickle"
+            )
+        finally:
+            pytorch_logger.setLevel(level)
         return str(info.model_uri)
 
 

@@ -118,7 +118,7 @@ class Trainer:
         else:
             mean, scale = compute_statistics(self.config, self.data, self.progress)
             unmix = build_unmix(self.config, mean, scale).to(self.device)
-            optimizer, scheduler = self._optimizer(unmix)
+            optimizer, scheduler = self.make_optimizer(unmix)
             state, best = TrainState(), copy.deepcopy(unmix.state_dict())
         while state.epoch < self.config.epochs:
             result = self._run_epoch(unmix, optimizer, scheduler, state)
@@ -132,7 +132,7 @@ class Trainer:
         unmix.load_state_dict(best)
         return TrainingResult(unmix=unmix.cpu().eval(), state=state)
 
-    def _optimizer(
+    def make_optimizer(
         self, unmix: torch.nn.Module
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
         cfg = self.config
@@ -151,7 +151,7 @@ class Trainer:
     ) -> EpochResult:
         epoch = state.epoch + 1
         start = time.perf_counter()
-        train_loss = self._train_epoch(unmix, optimizer, epoch)
+        train_loss = self.train_epoch(unmix, optimizer, epoch)
         valid_loss = self._valid_loss(unmix)
         for name, value in (("train_loss", train_loss), ("valid_loss", valid_loss)):
             if not math.isfinite(value):
@@ -179,7 +179,7 @@ class Trainer:
             stop=state.bad_epochs >= self.config.patience,
         )
 
-    def _train_loader(self, epoch: int) -> DataLoader:
+    def train_loader(self, epoch: int) -> DataLoader:
         self.train_set.set_epoch(epoch)
         # the shuffle order depends on (seed, epoch) only, so a resumed run sees the same batches
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
@@ -192,12 +192,12 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
 
-    def _train_epoch(self, unmix: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+    def train_epoch(self, unmix: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> float:
         """Mean MSE between estimated and true target magnitudes over the epoch's batches."""
         unmix.train()
         total, weight = 0.0, 0
         batches = tqdm.tqdm(
-            self._train_loader(epoch), desc=f"epoch {epoch}", disable=not self.progress, leave=False
+            self.train_loader(epoch), desc=f"epoch {epoch}", disable=not self.progress, leave=False
         )
         for x, y in batches:
             x, y = x.to(self.device), y.to(self.device)
@@ -258,7 +258,7 @@ class Trainer:
             raise ModelError(f"cannot resume {self.checkpoint_path}: {desc}")
         unmix = build_unmix(self.config).to(self.device)
         unmix.load_state_dict(payload["model"])
-        optimizer, scheduler = self._optimizer(unmix)
+        optimizer, scheduler = self.make_optimizer(unmix)
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         torch.set_rng_state(payload["torch_rng"])

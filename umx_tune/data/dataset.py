@@ -93,12 +93,6 @@ def open_dataset(config: TrainConfig, *, progress: bool = False) -> DatasetSplit
     for name, tracks in (("train", splits.train), ("valid", splits.valid), ("test", splits.test)):
         if not tracks:
             raise DatasetError(f"root={str(root)!r} holds no MUSDB-layout tracks in its {name} split")
-    shortest = min(t.duration for t in splits.train)
-    if config.seq_dur > shortest:
-        raise ConfigError(
-            f"seq_dur={config.seq_dur:g} s is longer than the shortest training track "
-            f"({shortest:.2f} s); must be <= {shortest:.2f}"
-        )
     return splits
 
 
@@ -152,6 +146,12 @@ class TrainChunks(Dataset):
     """
 
     def __init__(self, tracks: list[Track], config: TrainConfig) -> None:
+        shortest = min(t.duration for t in tracks)
+        if config.seq_dur > shortest:
+            raise ConfigError(
+                f"seq_dur={config.seq_dur:g} s is longer than the shortest training track "
+                f"({shortest:.2f} s); must be <= {shortest:.2f}"
+            )
         self.tracks = tracks
         self.target = config.target
         self.seed = config.seed
