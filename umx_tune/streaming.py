@@ -1,0 +1,229 @@
+"""Streaming separation with a unidirectional Open-Unmix: audio in blocks, each block's output out at once.
+
+How a block of `block` samples (a multiple of the hop) travels:
+- Causal STFT: the last nfft - nhop input samples are kept; with the new block they give block / nhop
+  frames, each a window of nfft samples ending at a hop boundary, the newest ending at the newest
+  sample. Frame k of the stream covers input samples [(k + 1) * nhop - nfft, (k + 1) * nhop), zeros
+  before the stream starts: the frames `torch.stft(center=False)` gives for the input with
+  nfft - nhop zeros in front.
+- The network: each target's own `OpenUnmix.forward` runs on the block's frames, its LSTM wrapped so
+  that (h, c) is carried from block to block. In eval mode everything else in the network works on
+  one frame at a time (BatchNorm uses its running statistics), so the frames of a stream pass
+  through exactly the computation they would pass through in one call on the whole spectrogram.
+- Masking: openunmix's `wiener` with niter=0 (magnitude estimate with the mixture's phase, the
+  residual as mixture minus targets). The EM iterations (niter > 0) mix statistics across frames
+  and are not causal, so streaming never uses them, whatever the Separator's own niter.
+- Overlap-add ISTFT: each frame's inverse FFT is windowed and added in; the nhop samples no later
+  frame reaches are complete, divided by the (hop-periodic) window-square envelope, and leave.
+
+So the output is the input's separation delayed by `delay` = nfft - nhop samples: output sample i
+belongs to input sample i - delay. `stream_separate` removes that delay for whole files.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from openunmix.filtering import wiener
+from openunmix.model import Separator
+from torch import Tensor, nn
+
+from umx_tune.errors import ConfigError, ModelError
+
+
+class _CarriedLSTM(nn.Module):
+    """The model's own nn.LSTM, called with the (h, c) the previous call ended with."""
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        super().__init__()
+        self.lstm = lstm
+        self.state: tuple[Tensor, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x: (nb_frames, nb_samples, hidden_size), as OpenUnmix.forward passes it."""
+        out, self.state = self.lstm(x, self.state)
+        return out, self.state
+
+
+def check_streamable(separator: Separator) -> None:
+    """ModelError unless every target network has a unidirectional LSTM."""
+    for name, unmix in separator.target_models.items():
+        if unmix.lstm.bidirectional:
+            raise ModelError(
+                f"the {name} model has a bidirectional LSTM, which needs the whole signal and cannot "
+                "stream; train a causal model with --unidirectional"
+            )
+
+
+def check_block(block: int, nhop: int) -> int:
+    """ConfigError unless block is a positive multiple of the STFT hop; returns block."""
+    if block < nhop or block % nhop:
+        raise ConfigError(
+            f"block={block} samples must be a multiple of the model's STFT hop ({nhop} samples), at least one"
+        )
+    return block
+
+
+def delay_samples(nfft: int, nhop: int) -> int:
+    """Samples between an input sample and its output sample in a stream: nfft - nhop."""
+    return nfft - nhop
+
+
+def latency_ms(nfft: int, nhop: int, block: int, sample_rate: float) -> float:
+    """Algorithmic latency: fill a block + overlap-add delay + one block period to compute it in.
+
+    With blocks of one hop this is the STFT window plus one hop.
+    """
+    return 1000.0 * (delay_samples(nfft, nhop) + 2 * block) / sample_rate
+
+
+def window_envelope(window: Tensor, nhop: int) -> Tensor:
+    """Overlap-added squared window over one hop, (nhop,): what a steady-state OLA output divides by."""
+    nfft = window.shape[-1]
+    # zero-pad the squared window to whole hops, then fold it: (nb_hops, nhop) summed over the hops
+    squared = nn.functional.pad(window**2, (0, (-nfft) % nhop))
+    envelope = squared.reshape(-1, nhop).sum(0)
+    if float(envelope.min()) < 1e-11:
+        raise ModelError(f"nfft={nfft}, nhop={nhop}: the window does not overlap-add; nhop must be < nfft")
+    return envelope
+
+
+class StreamingSeparator:
+    """Separates one stream block by block; see the module docstring for the design.
+
+    process() takes (nb_channels, block) and returns (nb_sources, nb_channels, block): the targets in
+    the Separator's order, then the residual if the Separator has one, `delay` samples late.
+    """
+
+    def __init__(self, separator: Separator, block: int | None = None, device: torch.device | None = None):
+        check_streamable(separator)
+        self.device = device or separator.stft.window.device
+        self.nfft = int(separator.stft.n_fft)
+        self.nhop = int(separator.stft.n_hop)
+        self.block = check_block(block or self.nhop, self.nhop)
+        self.sample_rate = float(separator.sample_rate)
+        self.softmask = bool(separator.softmask)
+        self.residual = bool(separator.residual)
+        self.complexnorm = separator.complexnorm
+        self.window = separator.stft.window.detach().to(self.device)
+        self.envelope = window_envelope(self.window, self.nhop)
+        # A private copy of each network, its LSTM wrapped to carry state; the Separator is untouched.
+        self.nets: list[nn.Module] = []
+        self.lstms: list[_CarriedLSTM] = []
+        for unmix in separator.target_models.values():
+            net = copy.deepcopy(unmix).to(self.device).eval()
+            net.lstm = _CarriedLSTM(net.lstm)
+            self.nets.append(net)
+            self.lstms.append(net.lstm)
+        self.nb_sources = len(self.nets) + int(self.residual)
+        self.reset()
+
+    @property
+    def delay(self) -> int:
+        """Samples between an input sample and its output sample: nfft - nhop."""
+        return delay_samples(self.nfft, self.nhop)
+
+    @property
+    def latency_ms(self) -> float:
+        """See `latency_ms`."""
+        return latency_ms(self.nfft, self.nhop, self.block, self.sample_rate)
+
+    def reset(self) -> None:
+        """Start a new stream: silence before it, no LSTM state."""
+        self._history: Tensor | None = None  # (nb_channels, nfft - nhop) last input samples
+        self._tail: Tensor | None = None  # (nb_sources, nb_channels, nfft - nhop) partial OLA sums
+        for lstm in self.lstms:
+            lstm.state = None
+
+    def process(self, audio: Tensor) -> Tensor:
+        """One block (nb_channels, block) in, (nb_sources, nb_channels, block) out, delay samples late."""
+        if audio.shape[-1] != self.block:
+            raise ValueError(f"process() takes blocks of {self.block} samples, got {audio.shape[-1]}")
+        with torch.inference_mode():
+            audio = audio.to(self.device, torch.float32)
+            if self._history is None:
+                self._history = audio.new_zeros(audio.shape[0], self.delay)
+            segment = torch.cat([self._history, audio], -1)  # (nb_channels, nfft - nhop + block)
+            self._history = segment[:, segment.shape[-1] - self.delay :]
+            # (nb_channels, nb_frames, nfft): frame i is segment[:, i * nhop : i * nhop + nfft]
+            frames = segment.unfold(-1, self.nfft, self.nhop)
+            spectrum = torch.fft.rfft(frames * self.window, dim=-1)  # (nb_channels, nb_frames, nb_bins)
+            return self._overlap_add(self._separate_frames(spectrum))
+
+    def _separate_frames(self, spectrum: Tensor) -> Tensor:
+        """(nb_channels, nb_frames, nb_bins) complex mixture -> (nb_sources, nb_channels, nb_frames,
+        nb_bins) complex estimates."""
+        mix = torch.view_as_real(spectrum)  # (nb_channels, nb_frames, nb_bins, 2)
+        # openunmix's layout (nb_samples=1, nb_channels, nb_bins, nb_frames, 2) -> magnitudes
+        magnitude = self.complexnorm(mix.permute(0, 2, 1, 3)[None])
+        # each net: (1, nb_channels, nb_bins, nb_frames); stacked on a last targets axis
+        spectrograms = torch.stack([net(magnitude) for net in self.nets], -1)
+        # wiener's layout: (nb_frames, nb_bins, nb_channels, nb_targets) and (nb_frames, nb_bins,
+        # nb_channels, 2)
+        estimates = wiener(
+            spectrograms[0].permute(2, 1, 0, 3),
+            mix.permute(1, 2, 0, 3),
+            0,
+            softmask=self.softmask,
+            residual=self.residual,
+        )  # (nb_frames, nb_bins, nb_channels, 2, nb_sources)
+        # -> (nb_sources, nb_channels, nb_frames, nb_bins, 2), contiguous for view_as_complex
+        return torch.view_as_complex(estimates.permute(4, 2, 0, 1, 3).contiguous())
+
+    def _overlap_add(self, spectra: Tensor) -> Tensor:
+        """(nb_sources, nb_channels, nb_frames, nb_bins) complex -> the nb_frames * nhop samples they
+        complete, (nb_sources, nb_channels, nb_frames * nhop)."""
+        frames = torch.fft.irfft(spectra, n=self.nfft, dim=-1) * self.window  # (..., nb_frames, nfft)
+        nb_sources, nb_channels, nb_frames, _ = frames.shape
+        if self._tail is None:
+            self._tail = frames.new_zeros(nb_sources, nb_channels, self.delay)
+        out = frames.new_zeros(nb_sources, nb_channels, (nb_frames - 1) * self.nhop + self.nfft)
+        out[..., : self.delay] += self._tail
+        for i in range(nb_frames):
+            out[..., i * self.nhop : i * self.nhop + self.nfft] += frames[:, :, i]
+        done = nb_frames * self.nhop
+        # no later frame reaches the first `done` samples; the rest wait for the next block's frames
+        self._tail = out[..., done:]
+        # out starts on a frame boundary, so the hop-periodic envelope tiles it from its start
+        return out[..., :done] / self.envelope.repeat(nb_frames)
+
+
+@dataclass
+class StreamResult:
+    """Separated audio (nb_sources, nb_channels, nb_samples), delay removed, and per-block compute times."""
+
+    estimates: Tensor
+    block_seconds: list[float]
+    names: list[str]
+
+
+def source_names(separator: Separator) -> list[str]:
+    """Names of the streamed outputs: the targets, then 'residual' if the Separator has one."""
+    return [*separator.target_models.keys(), *(["residual"] if separator.residual else [])]
+
+
+def stream_separate(
+    separator: Separator, audio: Tensor, block: int | None = None, device: torch.device | None = None
+) -> StreamResult:
+    """Stream audio (nb_channels, nb_samples) through a StreamingSeparator as a live input would.
+
+    The input is followed by silence until the last sample has left (delay more samples); the output
+    is aligned with the input and cut to its length. Each block's time covers taking it in, separating
+    it and handing its output back on the CPU (that also waits for a GPU).
+    """
+    streamer = StreamingSeparator(separator, block, device)
+    nb_samples = audio.shape[-1]
+    total = math.ceil((nb_samples + streamer.delay) / streamer.block) * streamer.block
+    padded = nn.functional.pad(audio.float().cpu(), (0, total - nb_samples))  # (nb_channels, total)
+    outputs, seconds = [], []
+    for start in range(0, total, streamer.block):
+        tic = time.perf_counter()
+        outputs.append(streamer.process(padded[:, start : start + streamer.block]).cpu())
+        seconds.append(time.perf_counter() - tic)
+    # (nb_sources, nb_channels, total) -> drop the delay, keep the input's length
+    estimates = torch.cat(outputs, -1)[..., streamer.delay : streamer.delay + nb_samples]
+    return StreamResult(estimates, seconds, source_names(separator))
