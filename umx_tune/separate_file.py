@@ -6,12 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
+from openunmix.model import Separator
 
 from umx_tune.config import SAMPLE_RATE
 from umx_tune.errors import DatasetError
 from umx_tune.evaluate import residual_name, separate
 from umx_tune.loading import load_separator
 from umx_tune.model import resolve_device
+from umx_tune.streaming import stream_separate
 
 
 def read_audio(path: Path, nb_channels: int = 2) -> np.ndarray:
@@ -29,12 +32,26 @@ def read_audio(path: Path, nb_channels: int = 2) -> np.ndarray:
     return np.ascontiguousarray(audio.T)
 
 
-def separate_file(model_ref: str, audio_path: Path, out: Path, device_name: str = "auto") -> list[Path]:
-    """Write `<stem>_<target>.wav` and `<stem>_<residual>.wav` into out; return their paths."""
+def separate_file(
+    model_ref: str,
+    audio_path: Path,
+    out: Path,
+    device_name: str = "auto",
+    *,
+    stream: bool = False,
+    block: int | None = None,
+) -> list[Path]:
+    """Write `<stem>_<target>.wav` and `<stem>_<residual>.wav` into out; return their paths.
+
+    stream separates block by block as `streaming.StreamingSeparator` does live (niter=0, causal).
+    """
     device = resolve_device(device_name)
     separator = load_separator(model_ref, device)
     audio = read_audio(audio_path)
-    estimates = separate(separator, audio, device)
+    if stream:
+        estimates = stream_estimates(separator, audio, block, device)
+    else:
+        estimates = separate(separator, audio, device)
     target = next(iter(separator.target_models))
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -43,3 +60,13 @@ def separate_file(model_ref: str, audio_path: Path, out: Path, device_name: str 
         sf.write(path, estimates[name], SAMPLE_RATE, subtype="FLOAT")
         written.append(path)
     return written
+
+
+def stream_estimates(
+    separator: Separator, audio: np.ndarray, block: int | None, device: torch.device
+) -> dict[str, np.ndarray]:
+    """Streamed separation of (nb_channels, nb_samples), as `separate` returns it: {name: (nb_samples,
+    nb_channels)}."""
+    result = stream_separate(separator, torch.from_numpy(audio), block, device)
+    # (nb_sources, nb_channels, nb_samples) -> per source (nb_samples, nb_channels), as soundfile writes
+    return {name: result.estimates[k].T.numpy() for k, name in enumerate(result.names)}

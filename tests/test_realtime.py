@@ -1,0 +1,187 @@
+"""Real-time measurement, the `realtime` command, `separate --stream` and the pipeline's probe."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import TINY, MlflowServer, run_cli
+
+from umx_tune import realtime, tracking
+from umx_tune.config import SAMPLE_RATE, TrainConfig
+from umx_tune.errors import ModelError
+from umx_tune.model import build_separator, build_unmix
+
+# a tiny untrained model's shape, as `realtime` options
+SHAPE_ARGS = ("--hidden-size", "8", "--nfft", "512", "--nhop", "128", "--device", "cpu")
+FAST_ARGS = ("--seconds", "0.5", "--repeats", "1", "--threads", "1")
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, message: str) -> None:
+    """Exit 2 with one error line, the last on stderr (MLflow's download progress may come before)."""
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("umx-tune: error:")]
+    assert len(errors) == 1 and done.stderr.strip().splitlines()[-1] == errors[0], done.stderr
+    assert message in errors[0], done.stderr
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_separator(unidirectional: bool) -> torch.nn.Module:
+    config = TrainConfig.from_dict({**TINY, "unidirectional": unidirectional})
+    torch.manual_seed(0)
+    return build_separator(config, build_unmix(config))
+
+
+@pytest.fixture(scope="module")
+def logged_models(mlflow_server: MlflowServer) -> Iterator[dict[str, str]]:
+    """Run ids of two untrained tiny models logged as runs do: 'uni' and 'bi'."""
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    ids = {}
+    for name in ("uni", "bi"):
+        with tracking.start_run(experiment="test-realtime", run_name=name) as tracker:
+            tracker.log_model(tiny_separator(name == "uni"))
+            ids[name] = tracker.run_id
+    mlflow.set_tracking_uri(None)
+    yield ids
+
+
+def test_measure_reports_offline_and_streaming_speed() -> None:
+    separator = tiny_separator(unidirectional=True)
+    clip = np.random.default_rng(0).standard_normal((2, SAMPLE_RATE // 2)).astype(np.float32)
+    m = realtime.measure(separator, [clip], torch.device("cpu"), threads=1, block=512)
+    assert (m.device, m.threads, m.audio_seconds) == ("cpu", 1, 0.5)
+    assert m.rtf > 0 and m.stream is not None
+    assert m.stream.block == 512 and m.stream.rtf > 0
+    assert m.stream.latency_ms == pytest.approx(1000 * (1024 - 256 + 2 * 512) / SAMPLE_RATE)
+    assert 0 < m.stream.block_ms_median <= m.stream.block_ms_p99
+    assert m.stream.block_budget_ms == pytest.approx(1000 * 512 / SAMPLE_RATE)
+
+
+def test_bidirectional_model_measures_offline_only_unless_streaming_is_asked() -> None:
+    separator = tiny_separator(unidirectional=False)
+    clip = np.zeros((2, SAMPLE_RATE // 4), np.float32)
+    assert realtime.measure(separator, [clip], torch.device("cpu"), threads=1).stream is None
+    with pytest.raises(ModelError, match="bidirectional"):
+        realtime.measure(separator, [clip], torch.device("cpu"), threads=1, stream=True)
+
+
+def test_flops_count_every_weight_once_per_frame() -> None:
+    separator = tiny_separator(unidirectional=True)
+    hidden, bins, max_bin, nfft = 16, 513, 372, 1024
+    weights = 2 * max_bin * hidden + 3 * 2 * 4 * hidden * hidden + 2 * hidden * hidden + hidden * 2 * bins
+    ffts = 2 * (1 + 2) * 2.5 * nfft * math.log2(nfft)  # per channel: 1 forward, 2 inverse (target, residual)
+    assert realtime.flops_per_frame(separator) == pytest.approx(2 * weights + ffts)
+    assert realtime.flops_per_audio_second(separator) == pytest.approx(
+        realtime.flops_per_frame(separator) * SAMPLE_RATE / 256
+    )
+
+
+def test_realtime_json_for_an_untrained_config_shaped_model() -> None:
+    done = run_cli("realtime", *SHAPE_ARGS, "--unidirectional", *FAST_ARGS, "--block", "256", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["shape"]["hidden_size"] == 8 and report["shape"]["unidirectional"] is True
+    assert report["audio_seconds"] == pytest.approx(0.5)
+    (m,) = report["measurements"]
+    assert m["threads"] == 1 and m["device"] == "cpu" and m["rtf"] > 0
+    assert m["stream"]["block"] == 256 and m["stream"]["rtf"] > 0
+    table = run_cli("realtime", *SHAPE_ARGS, *FAST_ARGS)  # bidirectional: offline only
+    assert table.returncode == 0, table.stderr
+    assert "rtf_streaming" in table.stdout and "bidirectional" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--unidirectional", "--block", "64"), "multiple of the model's STFT hop"),
+        (("--unidirectional", "--block", "200"), "multiple of the model's STFT hop"),
+        (("--threads", "0"), "must be >= 1"),
+        (("--threads", "-2"), "must be >= 1"),
+        (("--stream",), "bidirectional LSTM"),
+    ],
+)
+def test_realtime_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:
+    assert_one_line_error(run_cli("realtime", *SHAPE_ARGS, "--seconds", "0.5", *args), message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_realtime_unavailable_device_is_an_error() -> None:
+    assert_one_line_error(run_cli("realtime", "--hidden-size", "8", "--device", "cuda"), "not available")
+
+
+def test_realtime_missing_model_is_an_error(tracking_uri: str) -> None:
+    done = run_cli("realtime", "--model", "0123456789abcdef0123456789abcdef", "--device", "cpu")
+    assert_one_line_error(done, "cannot load model 'runs:/0123456789abcdef0123456789abcdef/model'")
+
+
+def test_realtime_log_records_into_the_models_run(tracking_uri: str, logged_models: dict[str, str]) -> None:
+    run_id = logged_models["uni"]
+    done = run_cli("realtime", "--model", run_id, "--device", "cpu", *FAST_ARGS, "--log")
+    assert done.returncode == 0, done.stderr
+    run = mlflow.MlflowClient().get_run(run_id)
+    assert run.data.metrics["rtf_cpu_1t"] > 0 and run.data.metrics["rtf_streaming_cpu_1t"] > 0
+    assert run.data.metrics["latency_ms_cpu_1t"] == pytest.approx(1000 * (1024 - 256 + 2 * 256) / SAMPLE_RATE)
+    assert run.data.tags[tracking.TAG_RTF_THREADS + "_cpu_1t"] == "1"
+    assert run.info.status == "FINISHED"
+    listed = mlflow.MlflowClient().list_artifacts(run_id, tracking.REALTIME_ARTIFACT_DIR)
+    assert len(listed) == 1 and listed[0].path.endswith(".json")
+
+
+def test_realtime_log_needs_a_model() -> None:
+    assert_one_line_error(run_cli("realtime", *SHAPE_ARGS, "--log"), "give --model")
+
+
+def test_separate_stream_writes_files(
+    tmp_path: Path, tracking_uri: str, logged_models: dict[str, str]
+) -> None:
+    audio = 0.1 * np.random.default_rng(1).standard_normal((SAMPLE_RATE // 2, 2)).astype(np.float32)
+    sf.write(tmp_path / "mix.wav", audio, SAMPLE_RATE, subtype="FLOAT")
+    out = tmp_path / "out"
+    args = ("separate", "--model", logged_models["uni"], str(tmp_path / "mix.wav"), "--out", str(out))
+    done = run_cli(*args, "--device", "cpu", "--stream", "--block", "512")
+    assert done.returncode == 0, done.stderr
+    vocals, rate = sf.read(out / "mix_vocals.wav", dtype="float32")
+    accompaniment, _ = sf.read(out / "mix_accompaniment.wav", dtype="float32")
+    assert rate == SAMPLE_RATE and vocals.shape == audio.shape
+    # target + residual give the mixture back (the residual is mixture minus target per frame)
+    np.testing.assert_allclose(vocals + accompaniment, audio, atol=1e-4)
+    assert float(np.abs(vocals).max()) > 0
+    assert_one_line_error(run_cli(*args, "--device", "cpu", "--stream", "--block", "300"), "multiple of")
+
+
+def test_separate_stream_refuses_a_bidirectional_model(
+    tmp_path: Path, tracking_uri: str, logged_models: dict[str, str]
+) -> None:
+    sf.write(tmp_path / "mix.wav", np.zeros((SAMPLE_RATE // 4, 2), np.float32), SAMPLE_RATE)
+    done = run_cli("separate", "--model", logged_models["bi"], str(tmp_path / "mix.wav"), "--stream")
+    assert_one_line_error(done, "bidirectional")
+
+
+@pytest.mark.slow
+def test_training_run_logs_its_real_time_probe(tmp_path: Path, tracking_uri: str, synth_root: Path) -> None:
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    done = run_cli(
+        "train", *options, "--unidirectional", "--device", "cpu", "--evaluator", "fast",
+        "--experiment", "test-realtime-train", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (run,) = mlflow.search_runs(experiment_names=["test-realtime-train"], output_format="list")
+    metrics, tags = run.data.metrics, run.data.tags
+    assert metrics[tracking.REALTIME_FACTOR] > 0 and metrics[tracking.REALTIME_FACTOR_STREAMING] > 0
+    assert metrics[tracking.LATENCY_MS] == pytest.approx(1000 * (1024 - 256 + 2 * 256) / SAMPLE_RATE)
+    assert tags[tracking.TAG_RTF_DEVICE] == "cpu" and int(tags[tracking.TAG_RTF_THREADS]) >= 1

@@ -1,0 +1,271 @@
+"""How fast a separator runs: real-time factors offline and streaming, latency, and a FLOP count.
+
+RTF = processing time / audio duration; below 1 a model separates faster than the audio plays.
+- Offline: `evaluate.separate` (the path the evaluation uses: STFT, network, Wiener filter with the
+  Separator's niter, ISTFT, host/device copies) on whole clips.
+- Streaming (unidirectional models): `streaming.stream_separate`, blocks of `block` samples; its RTF
+  is the sum of the per-block compute times over the audio duration, and the block times' median and
+  99th percentile show whether each block is done before the next one arrives.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from openunmix.model import Separator
+
+from umx_tune.config import SAMPLE_RATE
+from umx_tune.data.dataset import Track
+from umx_tune.errors import ConfigError
+from umx_tune.evaluate import separate
+from umx_tune.streaming import (
+    check_block,
+    check_streamable,
+    delay_samples,
+    latency_ms,
+    stream_separate,
+)
+
+# The pipeline's probe separates this much of the test tracks: enough for a stable number, cheap
+# next to training and evaluation.
+PROBE_SECONDS = 10.0
+WARMUP_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class StreamMeasurement:
+    """Streaming speed and latency for one block size."""
+
+    block: int
+    rtf: float
+    latency_ms: float
+    delay_ms: float
+    block_ms_median: float
+    block_ms_p99: float
+    block_budget_ms: float  # the block's duration: its compute must finish within it
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Speed of one separator on one device with one thread count."""
+
+    device: str
+    processor: str
+    threads: int
+    audio_seconds: float
+    rtf: float
+    stream: StreamMeasurement | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to threads for the block, restored after."""
+    if threads <= 0:
+        raise ConfigError(f"threads={threads} must be >= 1")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def describe_device(device: torch.device) -> str:
+    """The processor behind a device: the CPU model name or the GPU's name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def is_unidirectional(separator: Separator) -> bool:
+    return not any(unmix.lstm.bidirectional for unmix in separator.target_models.values())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def offline_seconds(separator: Separator, clips: Sequence[np.ndarray], device: torch.device) -> float:
+    """Wall time of separating each clip (nb_channels, nb_samples) offline, one after another."""
+    total = 0.0
+    for clip in clips:
+        _sync(device)
+        tic = time.perf_counter()
+        separate(separator, clip, device)  # returns numpy on the CPU, so the GPU has finished
+        total += time.perf_counter() - tic
+    return total
+
+
+def streaming_block_seconds(
+    separator: Separator, clips: Sequence[np.ndarray], device: torch.device, block: int
+) -> list[float]:
+    """Per-block compute times of streaming each clip (a fresh stream per clip)."""
+    seconds: list[float] = []
+    for clip in clips:
+        seconds += stream_separate(separator, torch.from_numpy(clip), block, device).block_seconds
+    return seconds
+
+
+def _warm_up(
+    separator: Separator, clips: Sequence[np.ndarray], device: torch.device, block: int | None
+) -> None:
+    """One short untimed pass of each path: first calls allocate, load kernels and tune."""
+    short = [clips[0][:, : int(WARMUP_SECONDS * float(separator.sample_rate))]]
+    offline_seconds(separator, short, device)
+    if block is not None:
+        streaming_block_seconds(separator, short, device, block)
+
+
+def stream_block(separator: Separator, block: int | None, stream: bool | None) -> int | None:
+    """The block size to stream with, or None for no streaming.
+
+    stream=None streams when the model can (unidirectional); stream=True on a bidirectional model
+    is a ModelError. A given block must be a multiple of the hop even when nothing streams.
+    """
+    nhop = int(separator.stft.n_hop)
+    if block is not None:
+        check_block(block, nhop)
+    if stream is None:
+        stream = is_unidirectional(separator)
+    if not stream:
+        return None
+    check_streamable(separator)
+    return block or nhop
+
+
+def measure(
+    separator: Separator,
+    clips: Sequence[np.ndarray],
+    device: torch.device,
+    *,
+    threads: int,
+    block: int | None = None,
+    stream: bool | None = None,
+    repeats: int = 1,
+) -> Measurement:
+    """Offline RTF (median of repeats) and, when streaming, streaming RTF and block times.
+
+    clips: audio excerpts (nb_channels, nb_samples), each separated (and streamed) on its own.
+    """
+    block = stream_block(separator, block, stream)
+    rate = float(separator.sample_rate)
+    audio_seconds = sum(clip.shape[-1] for clip in clips) / rate
+    with torch_threads(threads):
+        _warm_up(separator, clips, device, block)
+        offline = float(np.median([offline_seconds(separator, clips, device) for _ in range(repeats)]))
+        streamed = None
+        if block is not None:
+            seconds = streaming_block_seconds(separator, clips, device, block)
+            streamed = _stream_measurement(separator, seconds, block)
+    return Measurement(
+        str(device), describe_device(device), threads, audio_seconds, offline / audio_seconds, streamed
+    )
+
+
+def _stream_measurement(separator: Separator, block_seconds: list[float], block: int) -> StreamMeasurement:
+    rate = float(separator.sample_rate)
+    nfft, nhop = int(separator.stft.n_fft), int(separator.stft.n_hop)
+    budget = block / rate
+    millis = 1000.0 * np.asarray(block_seconds)
+    return StreamMeasurement(
+        block=block,
+        rtf=float(np.mean(block_seconds)) / budget,  # every block, the flushing ones included
+        latency_ms=latency_ms(nfft, nhop, block, rate),
+        delay_ms=1000.0 * delay_samples(nfft, nhop) / rate,
+        block_ms_median=float(np.median(millis)),
+        block_ms_p99=float(np.percentile(millis, 99)),
+        block_budget_ms=1000.0 * budget,
+    )
+
+
+def probe_clips(tracks: Sequence[Track], seconds: float = PROBE_SECONDS) -> list[np.ndarray]:
+    """The first `seconds` of the tracks' mixtures, taken track after track: (nb_channels, nb_samples)."""
+    clips: list[np.ndarray] = []
+    left = int(seconds * SAMPLE_RATE)
+    for track in tracks:
+        if left <= 0:
+            break
+        frames = min(left, track.nb_frames)
+        clips.append(track.read("mixture", frames=frames))
+        left -= frames
+    return clips
+
+
+def probe(separator: Separator, tracks: Sequence[Track], device: torch.device) -> Measurement:
+    """The pipeline's probe: RTF of up to PROBE_SECONDS of the test tracks, torch's current threads."""
+    return measure(separator, probe_clips(tracks), device, threads=torch.get_num_threads())
+
+
+def nb_model_channels(separator: Separator) -> int:
+    """Audio channels the networks take, from fc1's width (nb_channels * max_bin)."""
+    unmix = next(iter(separator.target_models.values()))
+    return int(unmix.fc1.in_features // unmix.nb_bins)
+
+
+def flops_per_frame(separator: Separator) -> float:
+    """Floating-point operations to separate one STFT frame (one hop of audio).
+
+    Every weight matrix (fc1, fc2, fc3, each LSTM layer's and direction's input and hidden weights)
+    is used once per frame: 2 FLOPs (multiply, add) per element. Each real FFT of nfft points costs
+    about 2.5 nfft log2(nfft): one forward per channel, one inverse per channel and source.
+    Elementwise work (BatchNorm, activations, masking) and the Wiener EM iterations are not counted.
+    """
+    weights = sum(
+        p.numel() for unmix in separator.target_models.values() for p in unmix.parameters() if p.dim() == 2
+    )
+    nfft = int(separator.stft.n_fft)
+    nb_sources = len(separator.target_models) + int(separator.residual)
+    ffts = nb_model_channels(separator) * (1 + nb_sources)
+    return 2.0 * weights + ffts * 2.5 * nfft * math.log2(nfft)
+
+
+def flops_per_audio_second(separator: Separator) -> float:
+    """FLOPs to separate one second of audio (frames per second x flops_per_frame)."""
+    return flops_per_frame(separator) * float(separator.sample_rate) / int(separator.stft.n_hop)
+
+
+def peak_flops(threads: int = 1, size: int = 1024, repeats: int = 10) -> float:
+    """Measured float32 FLOP/s of a square matmul with `threads` torch threads (best of repeats)."""
+    with torch_threads(threads):
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b  # untimed: the first call sizes buffers
+        best = math.inf
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - tic)
+    return 2.0 * size**3 / best
+
+
+def model_shape(separator: Separator) -> dict[str, object]:
+    """The model's speed-relevant shape, as the report shows it."""
+    unmix = next(iter(separator.target_models.values()))
+    return {
+        "targets": list(separator.target_models.keys()),
+        "hidden_size": int(unmix.hidden_size),
+        "unidirectional": is_unidirectional(separator),
+        "nfft": int(separator.stft.n_fft),
+        "nhop": int(separator.stft.n_hop),
+        "nb_bins": int(unmix.nb_output_bins),
+        "max_bin": int(unmix.nb_bins),
+        "nb_channels": nb_model_channels(separator),
+        "niter_offline": int(separator.niter),
+    }

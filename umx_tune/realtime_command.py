@@ -1,0 +1,188 @@
+"""`umx-tune realtime`: offline and streaming separation speed of a model, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from umx_tune.cli_options import config_options, pop_config_values
+from umx_tune.config import SAMPLE_RATE, TrainConfig
+
+# torch, openunmix and MLflow load only when the command runs: `umx-tune --help` stays quick
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from openunmix.model import Separator
+
+    from umx_tune.realtime import Measurement
+
+# the options that shape an untrained model when no --model is given
+SHAPE_OPTIONS = ("target", "hidden_size", "unidirectional", "bandwidth", "nfft", "nhop", "nb_channels")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _stream(attr: str, spec: str) -> Callable[[dict], str]:
+    return lambda m: _fmt((m["stream"] or {}).get(attr), spec)
+
+
+# The table's columns, declared once: header and how a measurement (as in the JSON) shows in it.
+COLUMNS: tuple[tuple[str, Callable[[dict], str]], ...] = (
+    ("device", lambda m: m["device"]),
+    ("threads", lambda m: str(m["threads"])),
+    ("rtf", lambda m: _fmt(m["rtf"], ".3f")),
+    ("rtf_streaming", _stream("rtf", ".3f")),
+    ("block", _stream("block", "d")),
+    ("latency_ms", _stream("latency_ms", ".1f")),
+    ("block_ms_median", _stream("block_ms_median", ".2f")),
+    ("block_ms_p99", _stream("block_ms_p99", ".2f")),
+    ("budget_ms", _stream("block_budget_ms", ".1f")),
+)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as text: a header about the model and audio, then one row per measurement."""
+    shape = report["shape"]
+    lines = [
+        f"model {report['model']}: hidden_size {shape['hidden_size']}, "
+        f"{'unidirectional' if shape['unidirectional'] else 'bidirectional'}, "
+        f"{shape['max_bin']}/{shape['nb_bins']} bins, nfft {shape['nfft']}, nhop {shape['nhop']}, "
+        f"{shape['nb_channels']} channel(s)",
+        f"audio {report['audio_seconds']:.1f} s at {SAMPLE_RATE} Hz; processor {report['processor']}; "
+        f"{report['flops_per_audio_second'] / 1e9:.2f} GFLOP per second of audio; "
+        f"load average {report['load_average'][0]:.2f}",
+    ]
+    rows = [[header for header, _ in COLUMNS]]
+    rows += [[cell(m) for _, cell in COLUMNS] for m in report["measurements"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines += ["  ".join(text.rjust(width) for text, width in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def build_report(source: str, separator: Separator, measurements: list[Measurement]) -> dict[str, Any]:
+    """Everything the table shows, as a JSON-ready dict."""
+    from umx_tune import realtime as rt
+
+    return {
+        "model": source,
+        "shape": rt.model_shape(separator),
+        "processor": measurements[0].processor,
+        "audio_seconds": measurements[0].audio_seconds,
+        "flops_per_frame": rt.flops_per_frame(separator),
+        "flops_per_audio_second": rt.flops_per_audio_second(separator),
+        "load_average": list(os.getloadavg()),
+        "measurements": [m.to_dict() for m in measurements],
+    }
+
+
+def _separator(model_ref: str | None, shape: dict[str, Any], device: torch.device) -> tuple[Separator, str]:
+    """The logged model, or an untrained one of the shape the options give; and its description."""
+    from umx_tune.model import build_separator, build_unmix
+
+    if model_ref:
+        from umx_tune.loading import load_separator, model_uri
+
+        if shape:
+            names = ", ".join("--" + name.replace("_", "-") for name in shape)
+            raise click.UsageError(f"{names} shape an untrained model; --model has its own shape")
+        return load_separator(model_ref, device), model_uri(model_ref)
+    config = TrainConfig.from_dict(shape)
+    return build_separator(config, build_unmix(config).to(device)), "untrained (config shape)"
+
+
+def measurement_audio(path: Path | None, seconds: float, nb_channels: int) -> np.ndarray:
+    """(nb_channels, nb_samples) float32: the file's first `seconds`, or seeded noise that long."""
+    import numpy as np
+
+    if path is None:
+        # Speed does not depend on the signal's content; noise makes the run reproducible anywhere.
+        noise = np.random.default_rng(0).standard_normal((nb_channels, int(seconds * SAMPLE_RATE)))
+        return (0.1 * noise).astype(np.float32)
+    from umx_tune.separate_file import read_audio
+
+    return read_audio(path, nb_channels)[:, : int(seconds * SAMPLE_RATE)]
+
+
+@click.command("realtime")
+@click.option(
+    "--model", "model_ref", default=None, help="MLflow model URI or run id [default: untrained model]"
+)
+@config_options(only=(*SHAPE_OPTIONS, "device"))
+@click.option(
+    "--threads",
+    type=int,
+    multiple=True,
+    help="torch threads; repeat for several [default: torch's current count]",
+)
+@click.option("--block", type=int, default=None, help="streaming block in samples [default: one STFT hop]")
+@click.option(
+    "--stream/--no-stream", default=None, help="measure streaming [default: when the model is unidirectional]"
+)
+@click.option(
+    "--seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="audio length"
+)
+@click.option(
+    "--audio",
+    "audio_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="44.1 kHz audio file to measure on [default: seeded noise]",
+)
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="offline runs (median)"
+)
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@click.option("--log", "log_run", is_flag=True, help="record the measurements in the model's MLflow run")
+def realtime(
+    model_ref: str | None,
+    threads: tuple[int, ...],
+    block: int | None,
+    stream: bool | None,
+    seconds: float,
+    audio_path: Path | None,
+    repeats: int,
+    as_json: bool,
+    log_run: bool,
+    **values: Any,
+) -> None:
+    """Measure offline and streaming separation speed (real-time factor, latency, block times)."""
+    import torch
+
+    from umx_tune import realtime as rt
+    from umx_tune import tracking
+    from umx_tune.errors import ConfigError
+    from umx_tune.model import resolve_device
+
+    given = pop_config_values(values)
+    device = resolve_device(given.pop("device", "auto"))
+    for count in threads:
+        if count <= 0:
+            raise ConfigError(f"--threads {count}: the thread count must be >= 1")
+    if log_run and not model_ref:
+        raise click.UsageError("--log records into the model's run; give --model")
+    run_id = tracking.model_run_id(_uri(model_ref)) if log_run else None
+    separator, source = _separator(model_ref, given, device)
+    rt.stream_block(separator, block, stream)  # bad block / streaming a bidirectional model: fail first
+    clips = [measurement_audio(audio_path, seconds, 2)]
+    measurements = [
+        rt.measure(separator, clips, device, threads=count, block=block, stream=stream, repeats=repeats)
+        for count in threads or (torch.get_num_threads(),)
+    ]
+    report = build_report(source, separator, measurements)
+    text = json.dumps(report, indent=2)
+    if run_id is not None:
+        tracking.log_realtime_to_run(run_id, measurements, text)
+    click.echo(text if as_json else format_table(report))
+
+
+def _uri(model_ref: str | None) -> str:
+    from umx_tune.loading import model_uri
+
+    return model_uri(model_ref or "")
