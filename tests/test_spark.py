@@ -73,3 +73,16 @@ def test_spark_backend_without_pyspark_says_what_to_install(tmp_path: Path) -> N
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install pyspark" in lines[0], result.stderr
+
+
+def test_cluster_master_with_a_local_storage_is_refused(tmp_path: Path) -> None:
+    """Executors on other machines would each get their own sqlite file: a split study."""
+    if importlib.util.find_spec("pyspark") is None:
+        pytest.skip("needs pyspark")
+    result = run_cli(
+        "optimize", "--backend", "spark", "--spark-master", "spark://cluster:7077", "--grid", "seed",
+        "--study-name", "split", cwd=tmp_path, timeout=300, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--storage" in lines[0] and "sqlite" in lines[0], result.stderr
