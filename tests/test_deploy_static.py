@@ -167,7 +167,8 @@ def _click_command(argv: list[str]) -> tuple[click.Command, list[str]]:
         group, rest = deploy, argv[3:]
     else:
         pytest.fail(f"service command {argv} is neither umx-tune nor python -m umx_tune.deploy")
-    command = group.commands.get(rest[0])
+    # get_command, not .commands: umx-tune's group loads some commands lazily
+    command = group.get_command(click.Context(group), rest[0])
     assert command is not None, f"{argv}: no command {rest[0]!r}"
     return command, rest[1:]
 

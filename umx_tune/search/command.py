@@ -90,6 +90,17 @@ def _names(registry: dict[str, Any]) -> str:
     help="per-trial checkpoints (one folder per run id)",
 )
 @click.option("--quiet", is_flag=True, help="no per-epoch progress output")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: this process is one worker; spark: --spark-workers workers run as Spark tasks",
+)
+@click.option("--spark-master", type=TEXT, help="Spark master URL [default: local[N], N = --spark-workers]")
+@click.option(
+    "--spark-workers", type=click.IntRange(min=1), default=2, show_default=True, help="workers as Spark tasks"
+)
 @config_options()
 def optimize(**kwargs: Any) -> None:
     """Run a study: replay a grid or search a space, one nested MLflow run per trial.
@@ -115,6 +126,11 @@ def optimize(**kwargs: Any) -> None:
         checkpoint_root=kwargs["checkpoint_dir"],
         progress=not kwargs["quiet"],
     )
+    if kwargs["backend"] == "spark":
+        from umx_tune.search.spark import run_on_spark
+
+        run_on_spark(request, options, kwargs["spark_master"], kwargs["spark_workers"])
+        return
     driver.print_outcome(driver.optimize(request, options))
 
 
