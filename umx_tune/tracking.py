@@ -84,6 +84,9 @@ TAG_BEST_TRIAL = "umx_tune.best_trial_number"
 TAG_BEST_RUN = "umx_tune.best_run_id"
 TAG_BEST_PARAM_PREFIX = "umx_tune.best."  # + parameter name, one tag per best-trial param
 TAG_REGISTERED_MODEL = "umx_tune.registered_model"  # name/version --register-best created
+# multi-objective studies: "true"/"false" on each complete trial's run, the front's numbers on the parent
+TAG_PARETO = "umx_tune.pareto_front"
+TAG_PARETO_TRIALS = "umx_tune.pareto_trials"
 # a trial's objective value(s) and its per-epoch reports to Optuna (step = epoch)
 TRIAL_VALUE = "trial_value"
 TRIAL_INTERMEDIATE = "trial_intermediate_value"

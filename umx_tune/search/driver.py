@@ -45,6 +45,7 @@ class Outcome:
     best: FrozenTrial | None
     concluded: bool
     registered: str | None = None
+    pareto_front: list[FrozenTrial] | None = None  # multi-objective studies only
 
 
 def optimize(request: Request, options: RunOptions) -> Outcome:
@@ -104,6 +105,8 @@ def _conclude(outcome: Outcome, study: optuna.Study, register_best: str | None) 
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     state = "complete" if not waiting else f"stopped with {waiting} trials queued"
     outcome.best = mirror.finalize(ctx.parent_run_id, study, ctx.objective, state)
+    if ctx.objective.multi:
+        outcome.pareto_front = mirror.record_pareto_front(ctx.parent_run_id, study)
     outcome.concluded = True
     if register_best and outcome.best is not None:
         outcome.registered = mirror.register_best(ctx.parent_run_id, outcome.best, register_best)
@@ -132,6 +135,13 @@ def print_outcome(outcome: Outcome) -> None:
         lines.append(
             f"  best trial {outcome.best.number}: {ctx.objective.name} {outcome.best.values}, "
             f"params {outcome.best.params}, run {outcome.best.user_attrs.get(mirror.RUN_ID_ATTR)}"
+        )
+    if outcome.pareto_front is not None:
+        names = ", ".join(ctx.objective.metric_names)
+        lines.append(f"  Pareto front ({names}): {len(outcome.pareto_front)} trials")
+        lines.extend(
+            f"    trial {t.number}: {t.values}, params {t.params}, run {t.user_attrs.get(mirror.RUN_ID_ATTR)}"
+            for t in outcome.pareto_front
         )
     if outcome.registered:
         lines.append(f"  registered model: {outcome.registered}")

@@ -200,6 +200,24 @@ def finalize(parent_run_id: str, study: optuna.Study, objective: Objective, stat
     return best
 
 
+def record_pareto_front(parent_run_id: str, study: optuna.Study) -> list[FrozenTrial]:
+    """A multi-objective study's Pareto front (Optuna's best_trials), tagged on every complete trial's
+    run (true/false, so a trial that left the front on a resume loses its mark) and on the parent."""
+    client = _client()
+    front = sorted(study.best_trials, key=lambda t: t.number)
+    on_front = {t.number for t in front}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        run_id = trial.user_attrs.get(RUN_ID_ATTR)
+        if run_id:
+            client.set_tag(run_id, tracking.TAG_PARETO, str(trial.number in on_front).lower())
+    client.set_tag(parent_run_id, tracking.TAG_PARETO_TRIALS, ",".join(str(t.number) for t in front))
+    summary = [{**best_summary(t), "run_id": t.user_attrs.get(RUN_ID_ATTR)} for t in front]
+    client.log_text(
+        parent_run_id, json.dumps(summary, indent=2), f"{tracking.STUDY_ARTIFACT_DIR}/pareto_front.json"
+    )
+    return front
+
+
 def end_parent(parent_run_id: str, status: str) -> None:
     """End the parent run FINISHED or KILLED (a later resume reopens it)."""
     _client().set_terminated(parent_run_id, status=status)

@@ -79,3 +79,20 @@ register(
         intermediate=lambda epoch: -epoch.valid_loss,
     )
 )
+
+
+def _rtf(result: ExperimentResult) -> float:
+    if result.speed is None or not math.isfinite(result.speed.rtf):
+        raise ValueError("the run has no real-time factor; nothing to optimize")
+    return result.speed.rtf
+
+
+register(
+    Objective(
+        name="sdr_rtf",
+        help="SDR (maximize) and offline real-time factor rtf (minimize): a Pareto front, no pruning",
+        directions=("maximize", "minimize"),
+        metric_names=("SDR", tracking.REALTIME_FACTOR),
+        values=lambda result: (_target_score(result, "SDR"), _rtf(result)),
+    )
+)
