@@ -27,3 +27,7 @@ class ModelError(UmxTuneError):
 
 class OfflineError(UmxTuneError):
     """Something needs the internet and the machine has none."""
+
+
+class EvaluationError(UmxTuneError, ValueError):
+    """Audio that BSSEval cannot score: mismatched shapes, silent or non-finite signals."""
