@@ -255,6 +255,29 @@ def peak_flops(threads: int = 1, size: int = 1024, repeats: int = 10) -> float:
     return 2.0 * size**3 / best
 
 
+def matvec_bandwidth(threads: int = 1, size: int = 4096, repeats: int = 10) -> float:
+    """Measured bytes/s of a float32 matrix-vector product too large for the caches (best of repeats).
+
+    A block of one frame multiplies every weight matrix by one vector, reading each weight once for
+    2 FLOPs: that speed, not the matmul peak, bounds streaming.
+    """
+    with torch_threads(threads):
+        matrix, vector = torch.randn(size, size), torch.randn(size)
+        matrix @ vector
+        best = math.inf
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            matrix @ vector
+            best = min(best, time.perf_counter() - tic)
+    return 4.0 * size * size / best
+
+
+def weight_bytes(separator: Separator) -> int:
+    """Bytes of the weight matrices every frame reads (float32), as counted in flops_per_frame."""
+    matrices = (p for unmix in separator.target_models.values() for p in unmix.parameters() if p.dim() == 2)
+    return sum(4 * p.numel() for p in matrices)
+
+
 def model_shape(separator: Separator) -> dict[str, object]:
     """The model's speed-relevant shape, as the report shows it."""
     unmix = next(iter(separator.target_models.values()))

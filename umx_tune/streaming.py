@@ -25,6 +25,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +94,18 @@ def window_envelope(window: Tensor, nhop: int) -> Tensor:
     return envelope
 
 
+@contextmanager
+def _aten_rnn() -> Iterator[None]:
+    """oneDNN off for the block: its LSTM re-packs the weights on every call, which for one frame
+    costs several times the step itself (measured 4x for hidden_size 512); ATen's LSTM does not."""
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # (a ContextProp)
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
 class StreamingSeparator:
     """Separates one stream block by block; see the module docstring for the design.
 
@@ -111,6 +125,7 @@ class StreamingSeparator:
         self.complexnorm = separator.complexnorm
         self.window = separator.stft.window.detach().to(self.device)
         self.envelope = window_envelope(self.window, self.nhop)
+        self._block_envelope = self.envelope.repeat(self.block // self.nhop)  # (block,)
         # A private copy of each network, its LSTM wrapped to carry state; the Separator is untouched.
         self.nets: list[nn.Module] = []
         self.lstms: list[_CarriedLSTM] = []
@@ -143,7 +158,7 @@ class StreamingSeparator:
         """One block (nb_channels, block) in, (nb_sources, nb_channels, block) out, delay samples late."""
         if audio.shape[-1] != self.block:
             raise ValueError(f"process() takes blocks of {self.block} samples, got {audio.shape[-1]}")
-        with torch.inference_mode():
+        with torch.inference_mode(), _aten_rnn():
             audio = audio.to(self.device, torch.float32)
             if self._history is None:
                 self._history = audio.new_zeros(audio.shape[0], self.delay)
@@ -189,7 +204,7 @@ class StreamingSeparator:
         # no later frame reaches the first `done` samples; the rest wait for the next block's frames
         self._tail = out[..., done:]
         # out starts on a frame boundary, so the hop-periodic envelope tiles it from its start
-        return out[..., :done] / self.envelope.repeat(nb_frames)
+        return out[..., :done] / self._block_envelope
 
 
 @dataclass
