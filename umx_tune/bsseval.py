@@ -304,10 +304,11 @@ def _block_spectra(
     padded = ops.zeros((nsig, (nblocks + 1) * block))
     padded[:, : flat.shape[1]] = flat
     blocks = padded.reshape(nsig, nblocks + 1, block)
-    segments = blocks[:, :nblocks]
+    frames = ops.zeros((nsig, nblocks, nfft))  # zero-padded to the FFT size here, not in rfft
+    frames[..., :block] = blocks[:, :nblocks]
     if extra:  # the first `extra` samples of the next block extend each block
-        segments = ops.cat([segments, blocks[:, 1:, :extra]], axis=2)
-    return ops.rfft(segments, nfft)
+        frames[..., block : block + extra] = blocks[:, 1:, :extra]
+    return ops.rfft(frames, nfft)
 
 
 def _correlations(ops: Ops, references: Array, estimates: Array, filter_len: int) -> Array:
@@ -490,12 +491,13 @@ def _filter_spectra(ops: Ops, c_all: Array, c_own: Array, nfft: int) -> Array:
     """
     nsrc, nchan, length, _ = c_own.shape
     nx = nsrc * nchan
-    h = ops.zeros((2 * nx, nx, length))
-    h[:nx] = ops.permute(c_all, (2, 0, 1))
-    for j in range(nsrc):
-        chans = slice(j * nchan, (j + 1) * nchan)
-        h[nx + j * nchan : nx + (j + 1) * nchan, chans] = ops.permute(c_own[j], (2, 0, 1))
-    return ops.permute(ops.rfft(h, nfft), (2, 0, 1))
+    spectra = ops.zeros((nfft // 2 + 1, 2 * nx, nx), complex_=True)
+    spectra[:, :nx] = ops.permute(ops.rfft(ops.permute(c_all, (2, 0, 1)), nfft), (2, 0, 1))
+    own = ops.permute(ops.rfft(ops.permute(c_own, (0, 3, 1, 2)), nfft), (3, 0, 1, 2))  # (F, j, c, c')
+    for j in range(nsrc):  # only the diagonal blocks: the own projection ignores other sources
+        rows, chans = slice(nx + j * nchan, nx + (j + 1) * nchan), slice(j * nchan, (j + 1) * nchan)
+        spectra[:, rows, chans] = own[:, j]
+    return spectra
 
 
 def _window_spectra(ops: Ops, sources: Array, starts: np.ndarray, length: int, weight: Array) -> Array:
