@@ -50,6 +50,7 @@ class StreamMeasurement:
     block_ms_median: float
     block_ms_p99: float
     block_budget_ms: float  # the block's duration: its compute must finish within it
+    rtf_cpu: float  # as rtf, from the calling thread's CPU time (see Measurement.rtf_cpu)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class Measurement:
     threads: int
     audio_seconds: float
     rtf: float
+    # the calling thread's CPU time / audio duration: with threads=1 the compute alone, barely
+    # touched by other processes on a shared machine (their cache and memory traffic still count);
+    # with more threads it leaves out the other threads' share
+    rtf_cpu: float
     stream: StreamMeasurement | None
 
     def to_dict(self) -> dict:
@@ -103,25 +108,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def offline_seconds(separator: Separator, clips: Sequence[np.ndarray], device: torch.device) -> float:
-    """Wall time of separating each clip (nb_channels, nb_samples) offline, one after another."""
-    total = 0.0
+def offline_seconds(
+    separator: Separator, clips: Sequence[np.ndarray], device: torch.device
+) -> tuple[float, float]:
+    """Wall and calling-thread CPU time of separating each clip (nb_channels, nb_samples) offline."""
+    wall = cpu = 0.0
     for clip in clips:
         _sync(device)
-        tic = time.perf_counter()
+        tic, cpu_tic = time.perf_counter(), time.thread_time()
         separate(separator, clip, device)  # returns numpy on the CPU, so the GPU has finished
-        total += time.perf_counter() - tic
-    return total
+        wall += time.perf_counter() - tic
+        cpu += time.thread_time() - cpu_tic
+    return wall, cpu
 
 
 def streaming_block_seconds(
     separator: Separator, clips: Sequence[np.ndarray], device: torch.device, block: int
-) -> list[float]:
-    """Per-block compute times of streaming each clip (a fresh stream per clip)."""
-    seconds: list[float] = []
+) -> tuple[list[float], list[float]]:
+    """Per-block wall and calling-thread CPU times of streaming each clip (a fresh stream per clip)."""
+    wall: list[float] = []
+    cpu: list[float] = []
     for clip in clips:
-        seconds += stream_separate(separator, torch.from_numpy(clip), block, device).block_seconds
-    return seconds
+        result = stream_separate(separator, torch.from_numpy(clip), block, device)
+        wall += result.block_seconds
+        cpu += result.block_cpu_seconds
+    return wall, cpu
 
 
 def _warm_up(
@@ -170,17 +181,25 @@ def measure(
     audio_seconds = sum(clip.shape[-1] for clip in clips) / rate
     with torch_threads(threads):
         _warm_up(separator, clips, device, block)
-        offline = float(np.median([offline_seconds(separator, clips, device) for _ in range(repeats)]))
+        wall, cpu = np.median([offline_seconds(separator, clips, device) for _ in range(repeats)], axis=0)
         streamed = None
         if block is not None:
-            seconds = streaming_block_seconds(separator, clips, device, block)
-            streamed = _stream_measurement(separator, seconds, block)
+            block_wall, block_cpu = streaming_block_seconds(separator, clips, device, block)
+            streamed = _stream_measurement(separator, block_wall, block_cpu, block)
     return Measurement(
-        str(device), describe_device(device), threads, audio_seconds, offline / audio_seconds, streamed
+        device=str(device),
+        processor=describe_device(device),
+        threads=threads,
+        audio_seconds=audio_seconds,
+        rtf=float(wall) / audio_seconds,
+        rtf_cpu=float(cpu) / audio_seconds,
+        stream=streamed,
     )
 
 
-def _stream_measurement(separator: Separator, block_seconds: list[float], block: int) -> StreamMeasurement:
+def _stream_measurement(
+    separator: Separator, block_seconds: list[float], block_cpu_seconds: list[float], block: int
+) -> StreamMeasurement:
     rate = float(separator.sample_rate)
     nfft, nhop = int(separator.stft.n_fft), int(separator.stft.n_hop)
     budget = block / rate
@@ -193,6 +212,7 @@ def _stream_measurement(separator: Separator, block_seconds: list[float], block:
         block_ms_median=float(np.median(millis)),
         block_ms_p99=float(np.percentile(millis, 99)),
         block_budget_ms=1000.0 * budget,
+        rtf_cpu=float(np.mean(block_cpu_seconds)) / budget,
     )
 
 

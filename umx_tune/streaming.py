@@ -214,6 +214,9 @@ class StreamResult:
     estimates: Tensor
     block_seconds: list[float]
     names: list[str]
+    # the calling thread's CPU time per block: with one torch thread, the compute alone, whatever
+    # else the machine runs (a shared machine's load inflates wall time, much less this)
+    block_cpu_seconds: list[float]
 
 
 def source_names(separator: Separator) -> list[str]:
@@ -234,11 +237,12 @@ def stream_separate(
     nb_samples = audio.shape[-1]
     total = math.ceil((nb_samples + streamer.delay) / streamer.block) * streamer.block
     padded = nn.functional.pad(audio.float().cpu(), (0, total - nb_samples))  # (nb_channels, total)
-    outputs, seconds = [], []
+    outputs, seconds, cpu_seconds = [], [], []
     for start in range(0, total, streamer.block):
-        tic = time.perf_counter()
+        tic, cpu_tic = time.perf_counter(), time.thread_time()
         outputs.append(streamer.process(padded[:, start : start + streamer.block]).cpu())
         seconds.append(time.perf_counter() - tic)
+        cpu_seconds.append(time.thread_time() - cpu_tic)
     # (nb_sources, nb_channels, total) -> drop the delay, keep the input's length
     estimates = torch.cat(outputs, -1)[..., streamer.delay : streamer.delay + nb_samples]
-    return StreamResult(estimates, seconds, source_names(separator))
+    return StreamResult(estimates, seconds, source_names(separator), cpu_seconds)
