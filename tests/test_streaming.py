@@ -1,12 +1,13 @@
 """Streaming separation equals the offline separation of the same model on the same frames.
 
 What "equal" compares: `stream_separate` (blocks through StreamingSeparator: ring-buffer STFT, the
-network's forward per block with (h, c) carried, overlap-add) against an offline reference computed
-in one go from library calls: `torch.stft(center=False)` of the input with nfft - nhop zeros in front,
-the network's forward over the whole spectrogram, openunmix's `wiener` with niter=0 and
-`torch.istft` (whose window envelope is computed independently of the streaming code). Both are
-aligned to the input (the stream's fixed delay of nfft - nhop samples removed) and must agree to
-within 1e-5 of the reference's peak amplitude, every sample of every source and channel.
+network's forward per block with (h, c) carried, masking, overlap-add) against an offline reference
+computed in one go from library calls: `torch.stft(center=False)` of the input with nfft - nhop
+zeros in front, the network's forward over the whole spectrogram, openunmix's `wiener` with niter=0
+(the streaming code writes that masking out itself) and `torch.istft` (whose window envelope is
+computed independently of the streaming code). Both are aligned to the input (the stream's fixed
+delay of nfft - nhop samples removed) and must agree to within 1e-5 of the reference's peak
+amplitude, every sample of every source and channel.
 """
 
 from __future__ import annotations
@@ -76,7 +77,13 @@ def offline_reference(separator: Separator, audio: torch.Tensor, block: int) -> 
     with torch.no_grad():
         estimate = unmix(separator.complexnorm(mix[None]))  # (1, nb_channels, nb_bins, nb_frames)
         # wiener's layout: (nb_frames, nb_bins, nb_channels, nb_targets=1) and (..., nb_channels, 2)
-        sources = wiener(estimate[0].permute(2, 1, 0)[..., None], mix.permute(2, 1, 0, 3), 0, residual=True)
+        sources = wiener(
+            estimate[0].permute(2, 1, 0)[..., None],
+            mix.permute(2, 1, 0, 3),
+            0,
+            softmask=separator.softmask,
+            residual=True,
+        )
     # (nb_frames, nb_bins, nb_channels, 2, nb_sources) -> (nb_sources, nb_channels, nb_bins, nb_frames)
     spectra = torch.view_as_complex(sources.permute(4, 2, 1, 0, 3).contiguous())
     # torch.istft(center=False) rejects a Hann window (zero envelope at sample 0); center=True on the
@@ -104,6 +111,15 @@ def test_streaming_equals_offline(nfft: int, nhop: int, nb_channels: int, hops_p
     assert float((streamed - reference).abs().max()) <= TOLERANCE * peak
     # the residual is the mixture minus the target, so together they give the input back
     torch.testing.assert_close(streamed.sum(0), audio, atol=1e-4, rtol=0)
+
+
+def test_streaming_equals_offline_with_a_softmask() -> None:
+    separator = random_separator(512, 128)
+    separator.softmask = True  # ratio masks instead of magnitudes with the mixture's phase
+    audio = 0.2 * torch.randn(2, SAMPLE_RATE // 8, generator=torch.Generator().manual_seed(2))
+    streamed = stream_separate(separator, audio, 256).estimates
+    reference = offline_reference(separator, audio, 256)
+    assert float((streamed - reference).abs().max()) <= TOLERANCE * float(reference.abs().max())
 
 
 def test_equality_needs_the_carried_state() -> None:

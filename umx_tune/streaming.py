@@ -10,9 +10,11 @@ How a block of `block` samples (a multiple of the hop) travels:
   that (h, c) is carried from block to block. In eval mode everything else in the network works on
   one frame at a time (BatchNorm uses its running statistics), so the frames of a stream pass
   through exactly the computation they would pass through in one call on the whole spectrogram.
-- Masking: openunmix's `wiener` with niter=0 (magnitude estimate with the mixture's phase, the
-  residual as mixture minus targets). The EM iterations (niter > 0) mix statistics across frames
-  and are not causal, so streaming never uses them, whatever the Separator's own niter.
+- Masking: what openunmix's `wiener` computes with niter=0 (each target's magnitude estimate with
+  the mixture's phase, or its softmask ratio; the residual as mixture minus targets), written out
+  directly because wiener's atan2 alone costs about as much as the rest of a small model's block.
+  The EM iterations (niter > 0) mix statistics across frames and are not causal, so streaming never
+  uses them, whatever the Separator's own niter.
 - Overlap-add ISTFT: each frame's inverse FFT is windowed and added in; the nhop samples no later
   frame reaches are complete, divided by the (hop-periodic) window-square envelope, and leave.
 
@@ -30,11 +32,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from openunmix.filtering import wiener
 from openunmix.model import Separator
 from torch import Tensor, nn
 
 from umx_tune.errors import ConfigError, ModelError
+
+WIENER_EPS = 1e-10  # openunmix.filtering.wiener's default eps, for the softmask ratio
 
 
 class _CarriedLSTM(nn.Module):
@@ -106,6 +109,12 @@ def _aten_rnn() -> Iterator[None]:
         torch.backends.mkldnn.enabled = previous
 
 
+def _phase(spectrum: Tensor) -> Tensor:
+    """Unit phasors of a complex tensor; 1 where it is 0 (atan2(0, 0) = 0, as openunmix's atan2)."""
+    magnitude = spectrum.abs()
+    return torch.where(magnitude > 0, spectrum / magnitude.clamp_min(1e-30), torch.ones_like(spectrum))
+
+
 class StreamingSeparator:
     """Separates one stream block by block; see the module docstring for the design.
 
@@ -172,22 +181,18 @@ class StreamingSeparator:
     def _separate_frames(self, spectrum: Tensor) -> Tensor:
         """(nb_channels, nb_frames, nb_bins) complex mixture -> (nb_sources, nb_channels, nb_frames,
         nb_bins) complex estimates."""
-        mix = torch.view_as_real(spectrum)  # (nb_channels, nb_frames, nb_bins, 2)
         # openunmix's layout (nb_samples=1, nb_channels, nb_bins, nb_frames, 2) -> magnitudes
-        magnitude = self.complexnorm(mix.permute(0, 2, 1, 3)[None])
-        # each net: (1, nb_channels, nb_bins, nb_frames); stacked on a last targets axis
-        spectrograms = torch.stack([net(magnitude) for net in self.nets], -1)
-        # wiener's layout: (nb_frames, nb_bins, nb_channels, nb_targets) and (nb_frames, nb_bins,
-        # nb_channels, 2)
-        estimates = wiener(
-            spectrograms[0].permute(2, 1, 0, 3),
-            mix.permute(1, 2, 0, 3),
-            0,
-            softmask=self.softmask,
-            residual=self.residual,
-        )  # (nb_frames, nb_bins, nb_channels, 2, nb_sources)
-        # -> (nb_sources, nb_channels, nb_frames, nb_bins, 2), contiguous for view_as_complex
-        return torch.view_as_complex(estimates.permute(4, 2, 0, 1, 3).contiguous())
+        magnitude = self.complexnorm(torch.view_as_real(spectrum).permute(0, 2, 1, 3)[None])
+        # each net: (1, nb_channels, nb_bins, nb_frames) -> stacked (nb_targets, nb_channels, nb_frames,
+        # nb_bins); a mono model's one channel broadcasts over the mixture's channels below
+        estimates = torch.stack([net(magnitude)[0] for net in self.nets]).transpose(-1, -2)
+        if self.softmask:  # the estimates' share of their sum, as a ratio mask on the mixture
+            targets = spectrum * (estimates / (WIENER_EPS + estimates.sum(0, keepdim=True)))
+        else:  # the estimated magnitudes with the mixture's phase
+            targets = estimates * _phase(spectrum)
+        if not self.residual:
+            return targets
+        return torch.cat([targets, spectrum - targets.sum(0, keepdim=True)])
 
     def _overlap_add(self, spectra: Tensor) -> Tensor:
         """(nb_sources, nb_channels, nb_frames, nb_bins) complex -> the nb_frames * nhop samples they
