@@ -305,3 +305,32 @@ def test_storage_proxy_serves_the_study_storage(postgres: Postgres, tmp_path: Pa
     finally:
         proxy.terminate()
         proxy.wait(timeout=30)
+
+
+RACE_OPEN = """
+import sys, time
+from umx_tune.search.storage import HeartbeatSettings, open_storage
+url, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # all openers at the same moment, imports done
+open_storage(url, HeartbeatSettings.every(20), lambda study, trial: None)
+"""
+
+
+def test_workers_opening_an_empty_storage_at_once(postgres: Postgres) -> None:
+    """Every worker of a fresh deployment creates Optuna's tables at once; none may fail."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(postgres.url("postgres", SUPERUSER_PASSWORD, "postgres"))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(sqlalchemy.text("CREATE DATABASE optuna_race OWNER optuna"))
+    admin.dispose()
+    url = postgres.url("optuna", OPTUNA_DB_PASSWORD, "optuna_race")
+    start = str(time.time() + 20)
+    openers = [
+        subprocess.Popen(
+            ["python", "-c", RACE_OPEN, url, start], env=cli_env(), stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    errors = [opener.communicate(timeout=300)[1] for opener in openers]
+    assert [opener.returncode for opener in openers] == [0] * 4, "\n".join(errors)[-3000:]

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import re
 import sys
+import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
@@ -92,13 +94,33 @@ def open_storage(url: str, heartbeat: HeartbeatSettings, on_stale: StaleCallback
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval
             if url.startswith("sqlite:///"):
                 return _sqlite(url, kwargs)
-            return RDBStorage(url, **kwargs)
+            return _server_rdb(url, kwargs)
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
         raise ConfigError(f"cannot open Optuna storage {masked(url)}: {_first_line(err)}") from None
     except Exception as err:  # sqlalchemy's errors for unreachable databases
         if type(err).__module__.startswith("sqlalchemy"):
             raise ConfigError(f"cannot open Optuna storage {masked(url)}: {_first_line(err)}") from None
         raise
+
+
+def _server_rdb(url: str, kwargs: dict[str, Any], attempts: int = 5) -> RDBStorage:
+    """RDBStorage on a database server (PostgreSQL, MySQL), safe when workers start together.
+
+    On an empty database every worker creates Optuna's tables; creations that race fail with a
+    duplicate-key or duplicate-table error in all but one worker (seen with three workers on a
+    fresh PostgreSQL, as `docker compose up --scale worker=3` starts them). Opening again then
+    finds the tables the winner made.
+    """
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, **kwargs)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random())  # let the winner commit; spread the retries
+    raise AssertionError("unreachable")
 
 
 def _sqlite(url: str, kwargs: dict[str, Any]) -> RDBStorage:
