@@ -12,7 +12,6 @@ from conftest import REPO
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from umx_tune.cli import cli
 from umx_tune.cli_options import option_name
 from umx_tune.config import TrainConfig, param_fields
 from umx_tune.errors import ConfigError
@@ -169,6 +168,9 @@ def test_join_refuses_a_different_objective_or_base() -> None:
     grid = plans.load_grid("seed", TrainConfig(seq_dur=1.0))
     request = Request("s", grid, None, None, base, None, None, None)
     stored = request.new_settings("valid_loss")
+    assert stored.pruner == "none"  # a grid replays every entry in full
+    space = plans.load_space("default", TrainConfig())
+    assert Request("t", space, None, 4, {}, None, None, None).new_settings("valid_loss").pruner == "median"
     assert request.join(stored) == stored
     other = Request("s", None, "sdr", None, {}, None, None, None)
     with pytest.raises(ConfigError, match="optimizes valid_loss, not sdr"):
@@ -227,9 +229,12 @@ def test_sqlite_claims_are_atomic_across_processes(tmp_path: Path) -> None:
 def test_mlproject_optimize_entry_point_has_every_option() -> None:
     project = yaml.safe_load((REPO / "MLproject").read_text())
     entry = project["entry_points"]["optimize"]
-    command = cli.commands["optimize"]
-    # `mlflow run --experiment-name` chooses the experiment; the study adopts the project's run
+    from umx_tune.search.command import optimize as command
+
+    # `mlflow run --experiment-name` chooses the experiment (the study adopts the project's run);
+    # output, printing and process-placement options are for the command line
     local = {"quiet", "show_grid", "show_space", "checkpoint_dir", "experiment"}
+    local |= {"backend", "spark_master", "spark_workers"}
     options = {p.name for p in command.params} - local
     assert set(entry["parameters"]) == options | {f.name for f in param_fields()}
     for name in entry["parameters"]:

@@ -61,7 +61,7 @@ def _names(registry: dict[str, Any]) -> str:
 @click.option(
     "--pruner",
     type=TEXT,
-    help=f"prunes on the per-epoch validation loss: {_names(choices.PRUNERS)} [default: median]",
+    help=f"on the per-epoch validation loss: {_names(choices.PRUNERS)} [default: median; grids none]",
 )
 @click.option(
     "--pruner-startup-trials",

@@ -85,7 +85,8 @@ class Request:
             n_trials=self.n_trials,
             base=TrainConfig.from_dict(self.base_values),
             sampler=self.sampler or "tpe",
-            pruner=self.pruner or "median",
+            # a grid replays its entries in full; a search prunes unless told otherwise
+            pruner=self.pruner or ("none" if isinstance(self.plan, Grid) else "median"),
             experiment=self.experiment or DEFAULT_EXPERIMENT,
         )
 

@@ -31,6 +31,7 @@ from umx_tune.search.setup import StudyContext
 from umx_tune.search.trial import Pruned, TrialOptions, run_trial
 
 REASON_ATTR = "fail_reason"
+PRUNED_EPOCH_ATTR = "pruned_epoch"
 RETRY_OF_ATTR = "retry_of"
 RETRIES_ATTR = "retries"
 MAX_RETRIES = 3  # a trial that kills its worker again and again is given up after this many
@@ -87,22 +88,23 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
     label = trial.user_attrs.get(GRID_ENTRY_ATTR) or f"trial {trial.number}"
     print(f"{ctx.settings.name}: {label} (trial {trial.number}) starts", file=sys.stderr)
     reason: str | None = None
+    attrs: dict[str, object] = {}
     try:
         with heartbeat(ctx.storage, trial._trial_id):
             values = run_trial(ctx, trial, options)
         state, told = TrialState.COMPLETE, list(values)
     except Pruned as pruned:
         state, told, reason = TrialState.PRUNED, None, str(pruned)
-        trial.set_user_attr("pruned_epoch", pruned.epoch)
+        attrs[PRUNED_EPOCH_ATTR] = pruned.epoch
     except KeyboardInterrupt:
-        _finish(ctx, study, trial, TrialState.FAIL, None, "interrupted (Ctrl-C)")
+        _finish(ctx, study, trial, TrialState.FAIL, None, "interrupted (Ctrl-C)", {})
         requeue(study, ctx.storage.get_trial(trial._trial_id))
         raise
     except Exception as err:  # the trial failed; the study goes on
         state, told, reason = TrialState.FAIL, None, f"{type(err).__name__}: {_first_line(err)}"
         if not isinstance(err, UmxTuneError):  # not a user error: the traceback helps find the bug
             traceback.print_exc(file=sys.stderr)
-    final = _finish(ctx, study, trial, state, told, reason)
+    final = _finish(ctx, study, trial, state, told, reason, attrs)
     print(f"{ctx.settings.name}: {label} (trial {trial.number}) {final}", file=sys.stderr)
     return final
 
@@ -114,15 +116,18 @@ def _finish(
     state: TrialState,
     values: list[float] | None,
     reason: str | None,
+    attrs: dict[str, object],
 ) -> str:
     """Tell Optuna (the record of truth), then mirror the outcome on the trial's run."""
-    if reason:
-        trial.set_user_attr(REASON_ATTR, reason)
     try:
+        for key, value in {**attrs, **({REASON_ATTR: reason} if reason else {})}.items():
+            trial.set_user_attr(key, value)
         frozen = study.tell(trial, values=values, state=None if values is not None else state)
-    except UpdateFinishedTrialError:
+    except (UpdateFinishedTrialError, ValueError):
         # another worker took this one for dead (missed heartbeats) and has queued it again
         frozen = ctx.storage.get_trial(trial._trial_id)
+        if not frozen.state.is_finished():
+            raise
         reason = f"finished after being failed as stale; its retry counts instead ({reason or 'ok'})"
     if frozen.state == TrialState.FAIL and reason is None:
         reason = f"objective value not usable: {values}"  # Optuna fails NaN values itself
