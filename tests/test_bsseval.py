@@ -365,6 +365,7 @@ def test_eval_track_only_the_pair() -> None:
         ({"evaluator": "mir_eval"}, "unknown evaluator"),
         ({"rate": 0}, "rate must be"),
         ({"rate": 44100.0}, "rate must be"),
+        ({"win": 1e-6}, "win must be"),
     ],
 )
 def test_eval_track_bad_options(kwargs: dict, message: str) -> None:

@@ -9,10 +9,14 @@ mathematics is museval's; the arithmetic is arranged differently:
   per pair of channels (museval), every channel is cut into blocks, each block is transformed once
   with a short real FFT, and the cross-spectra of all channel pairs are summed over the blocks as
   one batched matrix product per frequency. One short inverse FFT per pair gives the lags.
-* The normal equations of all targets share one Gram matrix: one Cholesky factorisation serves
-  every target (museval LU-factorises it once per target).
-* The framewise projections (filters applied to a window's references) are batched over windows
-  and channels as products of spectra.
+* The normal equations of all targets share one Gram matrix G (4096 x 4096 for 4 stereo targets),
+  which museval LU-factorises once per target. Here one solve serves every target, and G, block
+  Toeplitz once ordered by delay, is solved by the block Levinson recursion in O(L^2 nx^3) instead
+  of O(L^3 nx^3). Its answer is kept only with the backward error of a stable factorisation;
+  otherwise Cholesky, and where G is not numerically positive definite museval's own LU / least
+  squares. The small per-target systems use Cholesky.
+* The framewise projections (filters applied to a window's references) are products of spectra,
+  batched over windows and channels, and their energies follow by Parseval: no inverse FFTs.
 
 The numbers agree with museval's to rounding (1e-10 dB on audio-like signals). Both rest on the
 Gram matrix of the delayed references: where it is numerically singular without being exactly so
@@ -44,7 +48,9 @@ MAX_SOURCES = 100  # museval.metrics.MAX_SOURCES: more sources are refused, as m
 _EPS = float(np.finfo(np.float64).eps)  # museval adds eps * I to every Gram matrix it solves
 _BLOCK_NFFT = 16384  # FFT size of the blockwise correlations: blocks of 16384 - 511 samples
 _LEVINSON_MIN_SIZE = 2048  # systems from this size on try the block Levinson recursion first
-_BACKWARD_TOL = 1e-15  # largest normwise backward error of a Levinson solution that is kept
+_REFINED_TOL = 1e-16  # Levinson solutions are refined down to this normwise backward error ...
+_REFINEMENTS = 2  # ... in at most this many steps,
+_BACKWARD_TOL = 1e-15  # and dropped for Cholesky if still above this
 _CHUNK_BYTES = 96 * 2**20  # temporaries of one batch of blocks or windows: bounds the extra memory
 _EVALUATORS = ("fast", "museval")
 
@@ -414,26 +420,38 @@ def _levinson_solve(corr: np.ndarray, rhs: np.ndarray, eps: float) -> np.ndarray
 
     corr: (nx, nx, L) reference correlations; rhs, c: (nx * L, k), rows (channel, delay).
     Ordered (delay, channel), G is symmetric block Toeplitz with blocks M_{a-b}, (M_k)_xy = R_xy[k].
-    The recursion is only weakly stable, so its answer is kept only where its normwise backward
-    error is below _BACKWARD_TOL (a Cholesky factorisation reaches about 1e-17 here); else None.
+    The recursion is only weakly stable (normwise backward errors up to ~1e-15 where Cholesky
+    reaches ~1e-17), so the answer is refined against the exact residual until its backward error
+    is that of Cholesky, and dropped (None) if it does not get below _BACKWARD_TOL.
     """
     nx, _, length = corr.shape
     blocks = np.ascontiguousarray(corr.transpose(2, 0, 1))  # (L, nx, nx): M_0 .. M_{L-1}
     blocks[0] += eps * np.eye(nx)
     d = np.ascontiguousarray(rhs.reshape(nx, length, -1).transpose(1, 0, 2))  # (L, nx, k)
-    # Frobenius norm of T: block M_k appears L - |k| times
-    weights = np.concatenate([[length], 2 * (length - np.arange(1, length))])
-    t_norm = np.sqrt(weights @ np.sum(blocks**2, axis=(1, 2)))
     with np.errstate(all="ignore"):  # a breakdown shows as inf / NaN, caught below
         try:
             x = _levinson(blocks, d)
+            for _ in range(_REFINEMENTS):
+                error, residual = _backward_error(blocks, d, x)
+                if not error > _REFINED_TOL:  # also stops on NaN
+                    break
+                x = x + _levinson(blocks, residual)
         except np.linalg.LinAlgError:
             return None
-        residual = d - _block_toeplitz_matvec(blocks, x)
-        error = np.linalg.norm(residual) / (t_norm * np.linalg.norm(x) + np.linalg.norm(d))
-    if not np.isfinite(error) or error > _BACKWARD_TOL:
+        error, _ = _backward_error(blocks, d, x)
+    if not error <= _BACKWARD_TOL:
         return None
     return np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(nx * length, -1)
+
+
+def _backward_error(blocks: np.ndarray, d: np.ndarray, x: np.ndarray) -> tuple[float, np.ndarray]:
+    """Normwise backward error ||d - T x|| / (||T|| ||x|| + ||d||) (Frobenius), and d - T x."""
+    length = blocks.shape[0]
+    residual = d - _block_toeplitz_matvec(blocks, x)
+    weights = np.concatenate([[length], 2 * (length - np.arange(1, length))])  # M_k occurs L-|k| times
+    t_norm = np.sqrt(weights @ np.sum(blocks**2, axis=(1, 2)))
+    error = np.linalg.norm(residual) / (t_norm * np.linalg.norm(x) + np.linalg.norm(d))
+    return float(error), residual
 
 
 def _levinson(blocks: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -653,7 +671,8 @@ def eval_track(
     """
     score = _evaluator(evaluator, device)
     _check_rate(rate)
-    win_n, hop_n = int(win * rate), int(hop * rate)
+    win_n, hop_n = int(win * rate), int(hop * rate)  # museval's conversion to samples
+    _check_window(win_n, hop_n)
     targets = [name for name in references if name in estimates]
     store = museval.TrackStore(win=win, hop=hop, track_name=track_name)
     pair = "vocals" in targets and "accompaniment" in targets
