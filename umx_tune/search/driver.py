@@ -125,9 +125,10 @@ def print_outcome(outcome: Outcome) -> None:
     """What this worker did, on stdout."""
     ctx = outcome.ctx
     ran = ", ".join(f"{n}:{s}" for n, s in sorted(outcome.report.ran.items())) or "none"
+    plan = ctx.settings.plan
+    label = plan.name if plan.name.startswith(f"{plan.mode} ") else f"{plan.mode} {plan.name}"
     lines = [
-        f"study {ctx.settings.name} ({ctx.settings.plan.mode} {ctx.settings.plan.name}, "
-        f"objective {ctx.objective.name}); storage {ctx.storage_url}",
+        f"study {ctx.settings.name} ({label}, objective {ctx.objective.name}); storage {ctx.storage_url}",
         f"  this worker ran trials: {ran} (stopped: {outcome.report.stopped_by})",
         f"  parent run: {ctx.parent_run_id}",
     ]

@@ -1,0 +1,508 @@
+"""`umx-tune optimize` end to end: real `mlflow server`, real worker processes, tiny sizes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import TINY, VENV_BIN, MlflowServer, cli_env, free_port, run_cli
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from test_search_plans import GRID_KEYS, STUDY_GRID
+
+from umx_tune import tracking
+from umx_tune.cli import main
+from umx_tune.cli_options import option_name
+from umx_tune.config import TrainConfig
+from umx_tune.search.plans import GRID_ENTRY_ATTR
+from umx_tune.search.worker import REASON_ATTR
+
+TINY_ARGS = [arg for name, value in TINY.items() for arg in (option_name(name), str(value))]
+BASE_ARGS = [*TINY_ARGS, "--device", "cpu", "--quiet"]
+
+
+def tiny_base(**changes: object) -> list[str]:
+    """TINY base options with some values changed."""
+    values = {**TINY, **changes}
+    return [arg for n, v in values.items() for arg in (option_name(n), str(v))] + [
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def optimize_args(study: str, storage: str, *args: str) -> list[str]:
+    return ["optimize", "--study-name", study, "--storage", storage, *args]
+
+
+def start_worker(study: str, storage: str, *args: str, cwd: Path, uri: str) -> subprocess.Popen:
+    """A worker process in its own process group (so a test can signal it and its children)."""
+    command = [str(VENV_BIN / "umx-tune"), *optimize_args(study, storage, *args)]
+    env = cli_env(MLFLOW_TRACKING_URI=uri)
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def study_runs(study: str) -> tuple[Run | None, list[Run]]:
+    """The study's parent run and its trial runs, from MLflow alone."""
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`{tracking.TAG_STUDY}` = '{study}'")
+    parents = [r for r in runs if tracking.TAG_PARENT_RUN not in r.data.tags]
+    assert len(parents) <= 1, "a study has one parent run"
+    children = [r for r in runs if tracking.TAG_PARENT_RUN in r.data.tags]
+    return (parents[0] if parents else None), children
+
+
+def trials(study: str, storage: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+def write_grid(path: Path, entries: dict[str, dict[str, object]]) -> str:
+    lines = ["entries:"] + [f"  {name}: {json.dumps(values)}" for name, values in entries.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_trial_run(study: str, entry: str | None = None) -> Run | None:
+    """A trial run of the study (of that grid entry) that is training (has logged an epoch)."""
+    _, children = study_runs(study)
+    for run in children:
+        if entry is not None and run.data.tags.get(tracking.TAG_GRID_ENTRY) != entry:
+            continue
+        if run.info.status == "RUNNING" and tracking.VALID_LOSS in run.data.metrics:
+            return run
+    return None
+
+
+def assert_nothing_running(study: str, storage: str) -> None:
+    assert not [t for t in trials(study, storage) if t.state == TrialState.RUNNING]
+    parent, children = study_runs(study)
+    assert parent is not None and parent.info.status != "RUNNING"
+    assert not [r.info.run_name for r in children if r.info.status == "RUNNING"]
+
+
+# ---------------------------------------------------------------------------------------------
+# grid replay
+
+
+@pytest.mark.slow
+def test_three_workers_replay_the_seed_grid_once(tracking_uri: str, storage: str, tmp_path: Path) -> None:
+    """Three concurrent workers share `--grid seed`: six trials, each entry once, exact values."""
+    args = ["--grid", "seed", "--register-best", "umx-seed-best", *BASE_ARGS]
+    workers = [start_worker("seed-replay", storage, *args, cwd=tmp_path, uri=tracking_uri) for _ in range(3)]
+    results = [finish(w, timeout=1800) for w in workers]
+    for code, out, err in results:
+        assert code == 0, err[-3000:]
+        assert "study seed-replay (grid seed" in out
+    done = trials("seed-replay", storage)
+    assert [t.state for t in done] == [TrialState.COMPLETE] * 6
+    assert [t.user_attrs[GRID_ENTRY_ATTR] for t in done] == list(STUDY_GRID)  # enqueued once, in order
+    parent, children = study_runs("seed-replay")
+    assert parent is not None and parent.info.status == "FINISHED"
+    assert parent.data.tags[tracking.TAG_STUDY_STATE] == "complete"
+    assert sorted(r.data.tags[tracking.TAG_GRID_ENTRY] for r in children) == sorted(STUDY_GRID)
+    assert sorted(int(r.data.tags[tracking.TAG_TRIAL_NUMBER]) for r in children) == list(range(6))
+    for run in children:
+        check_grid_trial_run(run, parent.info.run_id)
+    check_study_summary(parent, children)
+
+
+def check_grid_trial_run(run: Run, parent_run_id: str) -> None:
+    """A seed-grid trial run: named and tagged after its entry, with exactly the entry's values."""
+    entry = run.data.tags[tracking.TAG_GRID_ENTRY]
+    assert run.info.run_name == entry and run.info.status == "FINISHED"
+    assert run.data.tags[tracking.TAG_TRIAL_STATE] == "COMPLETE"
+    assert run.data.tags[tracking.TAG_PARENT_RUN] == parent_run_id
+    expected = dict(zip(GRID_KEYS, STUDY_GRID[entry], strict=True))
+    for key, value in expected.items():
+        assert run.data.params[key] == str(value), (entry, key)
+    # everything else is the base config given on the command line
+    for key in ("seq_dur", "nfft", "synth_tracks", "lr"):
+        assert run.data.params[key] == str(TrainConfig.from_dict(TINY).to_params()[key]), key
+    assert json.loads(run.data.tags[tracking.TAG_TRIAL_PARAMS]) == expected
+    assert set(json.loads(run.data.tags[tracking.TAG_TRIAL_DISTRIBUTIONS])) == set(GRID_KEYS)
+    history = MlflowClient().get_metric_history(run.info.run_id, tracking.TRIAL_INTERMEDIATE)
+    assert sorted(m.step for m in history) == list(range(1, expected["epochs"] + 1))
+
+
+def check_study_summary(parent: Run, children: list[Run]) -> None:
+    """Best trial, plots and the registered model on the parent run."""
+    tags = parent.data.tags
+    best = next(r for r in children if r.info.run_id == tags[tracking.TAG_BEST_RUN])
+    assert tags[tracking.TAG_BEST_TRIAL] == best.data.tags[tracking.TAG_TRIAL_NUMBER]
+    assert tags[tracking.TAG_BEST_PARAM_PREFIX + "hidden_size"] == best.data.params["hidden_size"]
+    assert parent.data.metrics[tracking.BEST_VALUE] == min(
+        r.data.metrics[tracking.TRIAL_VALUE] for r in children
+    )
+    plots = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "plots")}
+    for name in ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate"):
+        assert f"plots/{name}.png" in plots
+    versions = MlflowClient().search_model_versions("name = 'umx-seed-best'")
+    assert [v.run_id for v in versions] == [best.info.run_id]
+    assert tags[tracking.TAG_REGISTERED_MODEL] == "umx-seed-best/1"
+
+
+@pytest.mark.slow
+def test_search_prunes_on_validation_loss(tracking_uri: str, storage: str, tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "params:\n"
+        "  lr: {type: categorical, choices: [1.0e-6, 0.001, 0.01]}\n"
+        "  hidden_size: {type: int, low: 8, high: 24, step: 8}\n"
+    )
+    args = ["--search", str(space), "--n-trials", "4", "--sampler", "random", "--sampler-seed", "1"]
+    args += ["--pruner", "median", "--pruner-startup-trials", "1", *tiny_base(epochs=2)]
+    result = run_cli(
+        *optimize_args("prune", storage, *args), cwd=tmp_path, timeout=1200, MLFLOW_TRACKING_URI=tracking_uri
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = trials("prune", storage)
+    assert len(done) == 4
+    pruned = [t for t in done if t.state == TrialState.PRUNED]
+    assert pruned, [(t.params, t.intermediate_values) for t in done]
+    _, children = study_runs("prune")
+    by_number = {int(r.data.tags[tracking.TAG_TRIAL_NUMBER]): r for r in children}
+    for trial in pruned:
+        run = by_number[trial.number]
+        assert run.info.status == "KILLED"
+        assert run.data.tags[tracking.TAG_TRIAL_STATE] == "PRUNED"
+        epoch = run.data.tags[tracking.TAG_PRUNED_EPOCH]
+        assert run.data.tags[tracking.TAG_ERROR] == f"pruned at epoch {epoch}"
+        assert int(epoch) == max(trial.intermediate_values)
+    for trial in done:  # Optuna's trial is mirrored: params, distributions, intermediate values
+        run = by_number[trial.number]
+        assert json.loads(run.data.tags[tracking.TAG_TRIAL_PARAMS]) == trial.params
+        history = MlflowClient().get_metric_history(run.info.run_id, tracking.TRIAL_INTERMEDIATE)
+        assert {m.step: m.value for m in history} == pytest.approx(trial.intermediate_values)
+
+
+# ---------------------------------------------------------------------------------------------
+# faults
+
+
+@pytest.mark.slow
+def test_diverging_and_broken_trials_fail_and_the_study_goes_on(
+    tracking_uri: str, storage: str, tmp_path: Path
+) -> None:
+    grid = write_grid(
+        tmp_path / "faulty.yaml",
+        {
+            "diverges": {"lr": 1.0e30},
+            "broken": {"root": str(tmp_path / "no-such-musdb")},
+            "fine": {"hidden_size": 8},
+        },
+    )
+    result = run_cli(
+        *optimize_args("faulty", storage, "--grid", grid, *tiny_base(epochs=1)),
+        cwd=tmp_path,
+        MLFLOW_TRACKING_URI=tracking_uri,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = {t.user_attrs[GRID_ENTRY_ATTR]: t for t in trials("faulty", storage)}
+    assert {k: t.state for k, t in states.items()} == {
+        "diverges": TrialState.FAIL,
+        "broken": TrialState.FAIL,
+        "fine": TrialState.COMPLETE,
+    }
+    assert states["diverges"].user_attrs[REASON_ATTR].startswith("TrainingDiverged: ")
+    assert states["broken"].user_attrs[REASON_ATTR].startswith("DatasetError: ")
+    _, children = study_runs("faulty")
+    runs = {r.data.tags[tracking.TAG_GRID_ENTRY]: r for r in children}
+    for name in ("diverges", "broken"):
+        assert runs[name].info.status == "FAILED"
+        assert runs[name].data.tags[tracking.TAG_TRIAL_STATE] == "FAIL"
+        assert runs[name].data.tags[tracking.TAG_ERROR] == states[name].user_attrs[REASON_ATTR]
+    assert_nothing_running("faulty", storage)
+
+
+@pytest.mark.slow
+def test_killed_worker_is_detected_and_grid_resumes_exactly_the_unfinished(
+    tracking_uri: str, storage: str, tmp_path: Path
+) -> None:
+    grid = write_grid(
+        tmp_path / "three.yaml",
+        {"first": {"epochs": 1}, "long": {"epochs": 3}, "last": {"epochs": 1}},
+    )
+    beat = ["--heartbeat-interval", "1"]
+    worker = start_worker(
+        "killed", storage, "--grid", grid, *beat, *BASE_ARGS, cwd=tmp_path, uri=tracking_uri
+    )
+    wait_for(lambda: running_trial_run("killed", "long") is not None, 600, "the long trial to train")
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=30)
+    lost = running_trial_run("killed", "long")
+    assert lost is not None
+
+    result = run_cli(*optimize_args("killed", storage, *beat), cwd=tmp_path, MLFLOW_TRACKING_URI=tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = trials("killed", storage)
+    complete = Counter(t.user_attrs[GRID_ENTRY_ATTR] for t in done if t.state == TrialState.COMPLETE)
+    assert complete == Counter(first=1, long=1, last=1)
+    failed = [t for t in done if t.state == TrialState.FAIL]
+    assert [t.user_attrs[GRID_ENTRY_ATTR] for t in failed] == ["long"]
+    _, children = study_runs("killed")
+    assert Counter(r.data.tags[tracking.TAG_GRID_ENTRY] for r in children) == Counter(first=1, long=2, last=1)
+    dead = MlflowClient().get_run(lost.info.run_id)
+    assert dead.info.status == "FAILED" and dead.data.tags[tracking.TAG_TRIAL_STATE] == "FAIL"
+    assert "no heartbeat" in dead.data.tags[tracking.TAG_ERROR]
+    assert_nothing_running("killed", storage)
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_within_its_budget(tracking_uri: str, storage: str, tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  hidden_size: {type: int, low: 8, high: 32, step: 8}\n")
+    args = ["--search", str(space), "--n-trials", "2", "--pruner", "none", "--heartbeat-interval", "1"]
+    worker = start_worker("budget", storage, *args, *tiny_base(epochs=3), cwd=tmp_path, uri=tracking_uri)
+    wait_for(lambda: running_trial_run("budget") is not None, 300, "a trial to train")
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=30)
+    result = run_cli(
+        *optimize_args("budget", storage, "--heartbeat-interval", "1"),
+        cwd=tmp_path,
+        MLFLOW_TRACKING_URI=tracking_uri,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = trials("budget", storage)
+    assert Counter(t.state for t in done) == Counter({TrialState.COMPLETE: 2, TrialState.FAIL: 1})
+    assert_nothing_running("budget", storage)
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_trial_and_exits_130(tracking_uri: str, storage: str, tmp_path: Path) -> None:
+    grid = write_grid(tmp_path / "one.yaml", {"long": {"epochs": 8}})
+    worker = start_worker("interrupted", storage, "--grid", grid, *BASE_ARGS, cwd=tmp_path, uri=tracking_uri)
+    wait_for(lambda: running_trial_run("interrupted") is not None, 300, "the trial to train")
+    os.killpg(worker.pid, signal.SIGINT)
+    code, _, err = finish(worker, timeout=120)
+    assert code == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == "umx-tune: error: interrupted"
+    done = trials("interrupted", storage)
+    assert [t.state for t in done] == [TrialState.FAIL, TrialState.WAITING]  # queued again for a resume
+    assert done[0].user_attrs[REASON_ATTR] == "interrupted (Ctrl-C)"
+    parent, children = study_runs("interrupted")
+    assert [r.info.status for r in children] == ["KILLED"]
+    assert children[0].data.tags[tracking.TAG_TRIAL_STATE] == "FAIL"
+    assert parent is not None and parent.info.status == "KILLED"
+
+
+class DroppingProxy:
+    """A TCP forwarder in front of the tracking server that can drop out: while dropped, its port
+    refuses connections and every open connection is cut, as when the server goes away."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.port = free_port()
+        self.connections: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.up()
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        assert self.listener is not None
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in its thread
+        self.listener.close()
+        for conn in self.connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+        self.connections.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by down()
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            self.connections += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.mark.slow
+def test_a_server_that_drops_for_seconds_loses_no_result(
+    mlflow_server: MlflowServer, tracking_uri: str, storage: str, tmp_path: Path
+) -> None:
+    proxy = DroppingProxy(int(mlflow_server.uri.rsplit(":", 1)[1]))
+    grid = write_grid(tmp_path / "one.yaml", {"only": {"epochs": 3}})
+    worker = start_worker("drop", storage, "--grid", grid, *BASE_ARGS, cwd=tmp_path, uri=proxy.uri)
+    wait_for(lambda: running_trial_run("drop") is not None, 600, "the trial to train")
+    proxy.down()
+    time.sleep(5)
+    proxy.up()
+    code, _, err = finish(worker)
+    assert code == 0, err[-3000:]
+    _, children = study_runs("drop")
+    assert [r.info.status for r in children] == ["FINISHED"]
+    run = children[0]
+    assert run.data.tags[tracking.TAG_TRIAL_STATE] == "COMPLETE"
+    history = MlflowClient().get_metric_history(run.info.run_id, tracking.VALID_LOSS)
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert tracking.TRIAL_VALUE in run.data.metrics and "SDR" in run.data.metrics
+    assert [t.state for t in trials("drop", storage)] == [TrialState.COMPLETE]
+
+
+# ---------------------------------------------------------------------------------------------
+# starting: races, bad input, an absent server
+
+
+def test_workers_starting_together_set_the_study_up_once(
+    tracking_uri: str, storage: str, tmp_path: Path
+) -> None:
+    """--timeout stops each worker before its first trial: only the set-up races."""
+    grid = write_grid(tmp_path / "g.yaml", {f"e{i}": {"epochs": 1} for i in range(6)})
+    args = ["--grid", grid, "--timeout", "0.001", *BASE_ARGS]
+    workers = [start_worker("together", storage, *args, cwd=tmp_path, uri=tracking_uri) for _ in range(3)]
+    for code, _, err in (finish(w, timeout=300) for w in workers):
+        assert code == 0, err[-3000:]
+    queued = trials("together", storage)
+    assert sorted(t.user_attrs[GRID_ENTRY_ATTR] for t in queued) == [f"e{i}" for i in range(6)]
+    assert all(t.state == TrialState.WAITING for t in queued)
+    parent, children = study_runs("together")
+    assert parent is not None and not children
+    assert parent.data.tags[tracking.TAG_STUDY_STATE] == "stopped with 6 trials queued"
+
+
+def _main_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as stop:
+        main(list(argv))
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("umx-tune: error: ")
+    return lines[0]
+
+
+BAD_GRID = {
+    "malformed.yaml": ("entries:\n  a: [1, 2\n", "malformed YAML at line 3"),
+    "bounds.yaml": (
+        "entries:\n  a: {hidden_size: 16}\n  b: {batch_size: 0}\n",
+        "entry 'b': batch_size=0 is out",
+    ),
+    "unknown.yaml": ("entries:\n  a: {hidden: 16}\n", "entry 'a': unknown parameter 'hidden'"),
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grid", "sed"], "unknown grid 'sed'"),
+        (["--search", "wide"], "unknown space 'wide'"),
+        (["--grid", "{tmp}/malformed.yaml"], "malformed.yaml: malformed YAML at line 3"),
+        (["--grid", "{tmp}/bounds.yaml"], "bounds.yaml: entry 'b': batch_size=0 is out of range"),
+        (["--grid", "{tmp}/unknown.yaml"], "unknown.yaml: entry 'a': unknown parameter 'hidden'"),
+        (["--search", "{tmp}/space.yaml"], "space.yaml: params.hidden: unknown parameter 'hidden'"),
+        (["--search", "default", "--n-trials", "0"], "'--n-trials': 0 is not in the range x>=1"),
+        (["--search", "default", "--sampler", "annealing"], "unknown sampler 'annealing'"),
+        (["--search", "default", "--pruner", "mean"], "unknown pruner 'mean'"),
+        (["--grid", "seed", "--search", "default"], "give --grid or --search, not both"),
+        (["--study-name", "nobody-made-this"], "no study named 'nobody-made-this' yet"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(
+    tracking_uri: str,
+    storage: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    for name, (text, _) in BAD_GRID.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "space.yaml").write_text("params:\n  hidden: {type: int, low: 8, high: 16}\n")
+    before = len(MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]))
+    argv = ["optimize", "--storage", storage, *(a.format(tmp=tmp_path) for a in args), *TINY_ARGS]
+    assert message in _main_error(capsys, *argv)
+    after = len(MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]))
+    assert after == before
+    assert not optuna.get_all_study_names(storage)
+
+
+def test_a_study_of_another_objective_is_refused(
+    tracking_uri: str, storage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = write_grid(tmp_path / "g.yaml", {"a": {"epochs": 1}})
+    created = run_cli(
+        *optimize_args("by-loss", storage, "--grid", grid, "--timeout", "0.001", *BASE_ARGS),
+        MLFLOW_TRACKING_URI=tracking_uri,
+        cwd=tmp_path,
+    )
+    assert created.returncode == 0, created.stderr
+    message = _main_error(capsys, *optimize_args("by-loss", storage, "--objective", "sdr"))
+    assert "study 'by-loss' optimizes valid_loss, not sdr" in message
+    result = run_cli(*optimize_args("by-loss", storage, "--n-trials", "0"), MLFLOW_TRACKING_URI=tracking_uri)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert [t.state for t in trials("by-loss", storage)] == [TrialState.WAITING]
+
+
+def test_an_absent_server_is_a_clear_error_within_30_s(
+    storage: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    message = _main_error(capsys, "optimize", "--grid", "seed", "--storage", storage)
+    assert time.monotonic() - started < 30
+    assert f"MLflow tracking server {uri} does not answer" in message
