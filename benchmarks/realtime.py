@@ -1,0 +1,124 @@
+"""Real-time factors of Open-Unmix shapes on this machine, printed as JSON.
+
+Grid: hidden_size 256 and 512 x unidirectional / bidirectional x bandwidth 16 kHz / full band x the
+thread counts asked, on 30 s of 44.1 kHz stereo audio (seeded noise: the speed does not depend on
+the content), untrained weights (neither does it on their values). Offline RTF is the median of
+--repeats runs of the evaluation's separation path (Wiener niter=1); streaming RTF (unidirectional
+only) uses blocks of one hop. The load average is recorded before and after each measurement, since
+other processes on the machine slow it down.
+
+    .venv/bin/python benchmarks/realtime.py [--device cpu|cuda] [--threads 1 2] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from umx_tune import realtime as rt
+from umx_tune.config import SAMPLE_RATE, TrainConfig
+from umx_tune.model import build_separator, build_unmix, resolve_device
+from umx_tune.realtime_command import measurement_audio
+
+FULL_BAND = SAMPLE_RATE / 2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--bandwidth", type=float, nargs="+", default=[16000.0, FULL_BAND])
+    parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the block-size sweep")
+    return parser.parse_args(argv)
+
+
+def bench_one(
+    config: TrainConfig, audio: np.ndarray, device: torch.device, threads: int, repeats: int
+) -> dict:
+    """One grid cell: the model's shape, FLOPs, the measurement and the load around it."""
+    separator = build_separator(config, build_unmix(config).to(device))
+    load_before = os.getloadavg()[0]
+    m = rt.measure(separator, [audio], device, threads=threads, repeats=repeats)
+    flops = rt.flops_per_audio_second(separator)
+    frames_per_second = SAMPLE_RATE / config.nhop
+    return {
+        "hidden_size": config.hidden_size,
+        "unidirectional": config.unidirectional,
+        "bandwidth": config.bandwidth,
+        "max_bin": rt.model_shape(separator)["max_bin"],
+        "flops_per_audio_second": flops,
+        "weight_bytes_per_audio_second": rt.weight_bytes(separator) * frames_per_second,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        **m.to_dict(),
+    }
+
+
+def block_sweep(audio: np.ndarray, device: torch.device, hops: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
+    """Streaming RTF of the target model (hidden 512, unidirectional, 16 kHz, 1 thread) per block size:
+    a block of k hops multiplies each dense weight by k frames at once, so it is read k times less."""
+    config = TrainConfig(unidirectional=True, device=device.type)
+    separator = build_separator(config, build_unmix(config).to(device))
+    rows = []
+    with rt.torch_threads(1):
+        for k in hops:
+            block = k * config.nhop
+            rt.streaming_block_seconds(separator, [audio[:, :SAMPLE_RATE]], device, block)  # warm-up
+            wall, cpu = rt.streaming_block_seconds(separator, [audio], device, block)
+            stream = rt._stream_measurement(separator, wall, cpu, block)
+            rows.append({**asdict(stream), "load": os.getloadavg()[0]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    audio = measurement_audio(None, args.seconds, 2)
+    load_start = os.getloadavg()
+    peaks = {t: rt.peak_flops(threads=t) for t in args.threads}
+    bandwidths = {t: rt.matvec_bandwidth(threads=t) for t in args.threads}
+    results = []
+    grid = itertools.product(args.hidden, (True, False), args.bandwidth, args.threads)
+    for hidden, unidirectional, bandwidth, threads in grid:
+        config = TrainConfig(
+            hidden_size=hidden, unidirectional=unidirectional, bandwidth=bandwidth, device=args.device
+        )
+        cell = bench_one(config, audio, device, threads, args.repeats)
+        # what the FLOP count alone would allow: FLOPs per second of audio / measured peak FLOP/s
+        cell["flops_bound_rtf"] = cell["flops_per_audio_second"] / peaks[threads]
+        # what reading every weight once per frame at the measured matrix-vector speed would allow
+        cell["memory_bound_rtf"] = cell["weight_bytes_per_audio_second"] / bandwidths[threads]
+        results.append(cell)
+        print(f"done {hidden} uni={unidirectional} bw={bandwidth:g} threads={threads}", file=sys.stderr)
+    report = {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "processor": rt.describe_device(device),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "audio_seconds": args.seconds,
+        "peak_flops": {str(t): p for t, p in peaks.items()},
+        "matvec_bytes_per_second": {str(t): b for t, b in bandwidths.items()},
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "results": results,
+        "block_sweep_hidden512_uni_16k_1thread": block_sweep(audio, device) if args.sweep else None,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
