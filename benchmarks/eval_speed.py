@@ -4,20 +4,24 @@
     .venv/bin/python benchmarks/eval_speed.py --quick    # 10 s; 4 x 10 s on 2 processes
 
 Prints one JSON document on stdout. Every measurement runs in a fresh child process limited to one
-BLAS/OpenMP thread (the variables are set in the child's environment before numpy loads), so its
-peak RSS (ru_maxrss) is its own: `peak_rss_mib` is the whole process (interpreter, libraries and
-the input audio included), `rss_increase_mib` what the evaluation added on top of that. Signals are
+BLAS/OpenMP thread (the variables are set in the child's environment before numpy loads). The
+child loads the track (written once by the parent, so both evaluators see the same arrays), resets
+the kernel's peak-RSS mark (/proc/self/clear_refs) and reads it back after the evaluation:
+`peak_rss_mib` is then the process's peak during the evaluation, `rss_before_mib` what it held
+before (interpreter, libraries, the input audio) and `rss_increase_mib` the difference. Signals are
 4 stereo targets at 44.1 kHz: tones with vibrato plus coloured noise; estimates are the reference
-plus 10 % leakage of the other sources plus noise. The scores of both are compared as well.
+plus 10 % leakage of the other sources plus noise. The scores of both are compared as well. The
+`parallel` case runs 4 tracks through a pool of 2 processes forked with the libraries loaded.
+Wall-clock figures depend on what else the machine runs; `cpu_seconds` much less so.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,6 +37,9 @@ NSRC = 4
 NCHAN = 2
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 EVALUATORS = ("museval", "fast")
+
+
+# --- signals and scoring --------------------------------------------------------------------------
 
 
 def make_track(seed: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -63,6 +70,16 @@ def make_track(seed: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
     return refs, refs + 0.1 * leak + 0.02 * rng.standard_normal(refs.shape)
 
 
+def save_track(path: Path, seed: int, seconds: float) -> None:
+    refs, ests = make_track(seed, seconds)
+    np.save(path.with_suffix(".refs.npy"), refs)
+    np.save(path.with_suffix(".ests.npy"), ests)
+
+
+def load_track(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    return np.load(path.with_suffix(".refs.npy")), np.load(path.with_suffix(".ests.npy"))
+
+
 def score(evaluator: str, refs: np.ndarray, ests: np.ndarray) -> np.ndarray:
     """(4, nsrc, nwin) SDR, ISR, SIR, SAR with 1 s windows."""
     if evaluator == "museval":
@@ -75,15 +92,30 @@ def score(evaluator: str, refs: np.ndarray, ests: np.ndarray) -> np.ndarray:
     return np.array(bsseval.evaluate(refs, ests, RATE, RATE, device=device))
 
 
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 # --- child processes ------------------------------------------------------------------------------
 
 
-def child_single(evaluator: str, seconds: float, out: Path) -> dict[str, Any]:
-    """Time one evaluation of one track in this (fresh) process."""
+def _memory_mib() -> dict[str, float]:
+    """Current (VmRSS) and peak (VmHWM) resident memory of this process, from /proc."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024  # kB
+    return fields
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0), so the peak read later is the evaluation's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def child_single(evaluator: str, track: Path, out: Path) -> dict[str, Any]:
+    """Time one evaluation of one track in this (fresh) process, and its peak memory."""
     if evaluator == "fast-cuda":
         import torch
 
@@ -93,15 +125,20 @@ def child_single(evaluator: str, seconds: float, out: Path) -> dict[str, Any]:
 
     from umx_tune import bsseval  # noqa: F401
 
-    refs, ests = make_track(0, seconds)
-    baseline = _maxrss_mib()
+    refs, ests = load_track(track)
+    reset = _reset_peak()
+    before = _memory_mib()["VmRSS"]
     wall, cpu = time.perf_counter(), time.process_time()
     scores = score(evaluator, refs, ests)
-    result = {
-        "seconds": round(time.perf_counter() - wall, 3),
-        "cpu_seconds": round(time.process_time() - cpu, 3),
-        "peak_rss_mib": round(_maxrss_mib(), 1),
-        "rss_increase_mib": round(_maxrss_mib() - baseline, 1),
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = _memory_mib()["VmHWM"]
+    result: dict[str, Any] = {
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "rss_before_mib": round(before, 1),
+        "peak_rss_mib": round(peak, 1),
+        "rss_increase_mib": round(peak - before, 1),
+        "peak_is_the_evaluations": reset,  # False: the process's lifetime peak (no clear_refs)
     }
     if evaluator == "fast-cuda":
         import torch
@@ -112,19 +149,23 @@ def child_single(evaluator: str, seconds: float, out: Path) -> dict[str, Any]:
     return result
 
 
-def _pool_task(args: tuple[str, int, float]) -> float:
-    evaluator, seed, seconds = args
-    refs, ests = make_track(seed, seconds)
+def _pool_task(job: tuple[str, str]) -> float:
+    evaluator, track = job
+    refs, ests = load_track(Path(track))
     start = time.perf_counter()
     score(evaluator, refs, ests)
     return time.perf_counter() - start
 
 
-def child_parallel(evaluator: str, seconds: float, tracks: int, workers: int) -> dict[str, Any]:
-    """Wall time of `tracks` tracks through a pool of `workers` processes (signals made in them)."""
+def child_parallel(evaluator: str, workers: int, tracks: list[Path]) -> dict[str, Any]:
+    """Wall time of the tracks through a pool of `workers` processes forked with all loaded."""
+    import museval  # noqa: F401  (imported before the fork, so no worker pays for it)
+
+    from umx_tune import bsseval  # noqa: F401
+
     start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        per_track = list(pool.map(_pool_task, [(evaluator, seed, seconds) for seed in range(tracks)]))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        per_track = list(pool.map(_pool_task, [(evaluator, str(t)) for t in tracks]))
     return {
         "wall_seconds": round(time.perf_counter() - start, 3),
         "evaluation_seconds_per_track": [round(s, 3) for s in per_track],
@@ -157,15 +198,30 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
 
 def bench_single(seconds: float, workdir: Path) -> dict[str, Any]:
+    """Both evaluators on one track, each in its own process."""
     entry: dict[str, Any] = {"audio_seconds": seconds, "targets": NSRC, "channels": NCHAN}
+    track = workdir / f"single-{seconds}"
+    save_track(track, 0, seconds)
     scores = {}
     for evaluator in EVALUATORS:
         out = workdir / f"{evaluator}-{seconds}.npy"
-        entry[evaluator] = run_child("single", evaluator, str(seconds), str(out))
+        entry[evaluator] = run_child("single", evaluator, str(track), str(out))
         scores[evaluator] = np.load(out)
     entry["speedup"] = round(entry["museval"]["seconds"] / entry["fast"]["seconds"], 1)
     entry["cpu_speedup"] = round(entry["museval"]["cpu_seconds"] / entry["fast"]["cpu_seconds"], 1)
     entry.update(compare(scores["fast"], scores["museval"]))
+    return entry
+
+
+def bench_parallel(seconds: float, tracks: int, workers: int, workdir: Path) -> dict[str, Any]:
+    """Wall time of several tracks through a process pool, for each evaluator."""
+    paths = [workdir / f"parallel-{seed}-{seconds}" for seed in range(tracks)]
+    for seed, path in enumerate(paths):
+        save_track(path, seed, seconds)
+    entry: dict[str, Any] = {"tracks": tracks, "audio_seconds": seconds, "workers": workers}
+    for evaluator in EVALUATORS:
+        entry[evaluator] = run_child("parallel", evaluator, str(workers), *map(str, paths))
+    entry["speedup"] = round(entry["museval"]["wall_seconds"] / entry["fast"]["wall_seconds"], 1)
     return entry
 
 
@@ -177,11 +233,9 @@ def bench_gpu(seconds: float, workdir: Path) -> dict[str, Any] | None:
         return None
     if not torch.cuda.is_available():
         return None
-    out = workdir / f"fast-cuda-{seconds}.npy"
-    entry = {"audio_seconds": seconds, **run_child("single", "fast-cuda", str(seconds), str(out))}
-    reference = workdir / f"museval-{seconds}.npy"
-    if reference.exists():
-        entry.update(compare(np.load(out), np.load(reference)))
+    track, out = workdir / f"single-{seconds}", workdir / f"fast-cuda-{seconds}.npy"
+    entry = {"audio_seconds": seconds, **run_child("single", "fast-cuda", str(track), str(out))}
+    entry.update(compare(np.load(out), np.load(workdir / f"museval-{seconds}.npy")))
     return entry
 
 
@@ -193,21 +247,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         kind, evaluator, *rest = args.child
         if kind == "single":
-            result = child_single(evaluator, float(rest[0]), Path(rest[1]))
+            result = child_single(evaluator, Path(rest[0]), Path(rest[1]))
         else:
-            result = child_parallel(evaluator, float(rest[0]), int(rest[1]), int(rest[2]))
+            result = child_parallel(evaluator, int(rest[0]), [Path(p) for p in rest[1:]])
         print(json.dumps(result))
         return
     durations = [10.0] if args.quick else [10.0, 30.0, 60.0]
-    par_seconds, tracks, workers = (10.0 if args.quick else 30.0), 4, 2
     with tempfile.TemporaryDirectory() as tmp:
         single = [bench_single(s, Path(tmp)) for s in durations]
-        parallel: dict[str, Any] = {"tracks": tracks, "audio_seconds": par_seconds, "workers": workers}
-        for evaluator in EVALUATORS:
-            parallel[evaluator] = run_child(
-                "parallel", evaluator, str(par_seconds), str(tracks), str(workers)
-            )
-        parallel["speedup"] = round(parallel["museval"]["wall_seconds"] / parallel["fast"]["wall_seconds"], 1)
+        parallel = bench_parallel(10.0 if args.quick else 30.0, 4, 2, Path(tmp))
         gpu = bench_gpu(durations[-1] if args.quick else 30.0, Path(tmp))
     report = {
         "machine": {

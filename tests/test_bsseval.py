@@ -126,6 +126,18 @@ def _same(refs: np.ndarray, ests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return refs, ests
 
 
+def _panned(refs: np.ndarray, ests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Source 0 hard left (silent right channel), source 1 dual mono (identical channels).
+
+    Both make the Gram matrix exactly singular but for museval's eps * I; common in real stems.
+    """
+    refs, ests = refs.copy(), ests.copy()
+    refs[0, :, 1] = 0
+    refs[1, :, 1] = refs[1, :, 0]
+    ests[1, :, 1] = ests[1, :, 0]
+    return refs, ests
+
+
 def _short_estimates(refs: np.ndarray, ests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return refs, ests[:, : refs.shape[1] - 30000]  # museval pads them with zeros
 
@@ -144,6 +156,7 @@ CASES: dict[str, Case] = {
     "2 stereo targets, long estimates": (7, 2, 3.0, 2, "poor", RATE, RATE, _long_estimates),
     "overlapping windows": (8, 2, 3.0, 2, "good", int(1.5 * RATE), RATE // 2, _same),
     "window longer than the track": (9, 2, 2.5, 2, "poor", 3 * RATE, 3 * RATE, _same),
+    "hard-panned and dual-mono sources": (13, 2, 3.0, 2, "good", RATE, RATE, _panned),
     "4 stereo targets, 7 s": (10, 4, 7.0, 2, "good", RATE, RATE, _same),
 }
 SLOW_CASES: dict[str, Case] = {
