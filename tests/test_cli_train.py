@@ -172,7 +172,8 @@ def test_unknown_mlproject_parameter(tracking_uri: str, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=cli_env(),
     )  # fmt: skip
     assert result.returncode != 0
-    assert "umx-tune: error: No such option" in result.stderr and "--hidden-sise" in result.stderr
+    # mlflow run appends an undeclared parameter as `--hidden_sise 8`
+    assert "umx-tune: error: No such option" in result.stderr and "--hidden_sise" in result.stderr
     runs = _runs(MlflowClient(tracking_uri), "bad-param")
     assert runs and all(r.info.status == "FAILED" for r in runs)
 
