@@ -13,6 +13,7 @@ Data-loading share = time to iterate the same DataLoader alone / time of the tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -156,7 +157,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     nb_batches, repeats = (2, 1) if args.quick else (4, 3)
     base = TrainConfig(device="cpu")
-    report = {
+    report: dict[str, object] = {
         "threads": args.threads,
         "workers": base.nb_workers,
         "dataset": f"synthetic, {base.synth_tracks} train tracks x {base.synth_duration:g} s (WAV)",
@@ -165,8 +166,11 @@ def main() -> None:
             measure(base, nb_batches, repeats),
             measure(base.replace(hidden_size=256, batch_size=8), nb_batches, repeats),
         ],
-        "logging": logging_overhead(base.replace(hidden_size=256, batch_size=8, samples_per_track=4), 2),
     }
+    # MLflow prints "View run …" links on stdout when a run on a server ends: keep stdout pure JSON
+    with contextlib.redirect_stdout(sys.stderr):
+        small = base.replace(hidden_size=256, batch_size=8, samples_per_track=4)
+        report["logging"] = logging_overhead(small, 2)
     print(json.dumps(report, indent=2))
 
 
