@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import tempfile
 import urllib.error
@@ -33,6 +34,8 @@ def load_separator(ref: str, device: torch.device) -> Separator:
     from mlflow.exceptions import MlflowException
 
     uri = model_uri(ref)
+    # MLflow's download progress bars would precede a later one-line error on stderr
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         model = mlflow.pytorch.load_model(uri, map_location=device)
     except (MlflowException, OSError) as err:
