@@ -192,3 +192,14 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> MainResult:
         code = stop.code if isinstance(stop.code, int) else 1
     captured = capsys.readouterr()
     return MainResult(code, captured.out, captured.err)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Block-sized tensors gain nothing from threads, and on a busy machine threads cost a lot."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

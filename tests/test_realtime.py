@@ -33,12 +33,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, message: str) -> No
     assert message in errors[0], done.stderr
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_separator(unidirectional: bool) -> torch.nn.Module:

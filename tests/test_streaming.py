@@ -13,7 +13,6 @@ amplitude, every sample of every source and channel.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,13 +27,7 @@ from umx_tune.streaming import StreamingSeparator, check_block, stream_separate
 TOLERANCE = 1e-5  # of the reference's peak; float32 rounding gives ~2e-7
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Block-sized tensors gain nothing from threads, and on a busy machine threads cost a lot."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_separator(nfft: int, nhop: int, *, unidirectional: bool = True, nb_channels: int = 2) -> Separator:

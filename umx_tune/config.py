@@ -115,6 +115,13 @@ class TrainConfig:
         blob = json.dumps(relevant, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
+    def model_shape_changes(self, other: TrainConfig) -> str:
+        """'hidden_size=32 (checkpoint has 16), …' for each model-shaping change; '' if none."""
+        return ", ".join(
+            f"{k}={new!r} (checkpoint has {old!r})"
+            for k, (old, new) in self.model_shape_differences(other).items()
+        )
+
     def model_shape_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Model-shaping parameters whose values differ between self and other."""
         return {

@@ -99,8 +99,7 @@ def resume_config(run_id: str, checkpoint_root: Path, overrides: dict[str, Any])
     payload = load_checkpoint(checkpoint_file(run_id, checkpoint_root))
     saved = TrainConfig.from_dict(json.loads(payload["config"]))
     wanted = saved.replace(**overrides)
-    differences = saved.model_shape_differences(wanted)
-    if differences:
-        desc = ", ".join(f"{k}={new!r} (checkpoint has {old!r})" for k, (old, new) in differences.items())
-        raise ModelError(f"cannot resume run {run_id} with a different model shape: {desc}")
+    changes = saved.model_shape_changes(wanted)
+    if changes:
+        raise ModelError(f"cannot resume run {run_id} with a different model shape: {changes}")
     return wanted

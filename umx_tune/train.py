@@ -252,10 +252,9 @@ class Trainer:
     def _load_checkpoint(self) -> tuple[Any, Any, Any, TrainState, dict[str, torch.Tensor]]:
         payload = load_checkpoint(self.checkpoint_path)
         saved = TrainConfig.from_dict(json.loads(payload["config"]))
-        differences = saved.model_shape_differences(self.config)
-        if differences:
-            desc = ", ".join(f"{k}={new!r} (checkpoint has {old!r})" for k, (old, new) in differences.items())
-            raise ModelError(f"cannot resume {self.checkpoint_path}: {desc}")
+        changes = saved.model_shape_changes(self.config)
+        if changes:
+            raise ModelError(f"cannot resume {self.checkpoint_path}: {changes}")
         unmix = build_unmix(self.config).to(self.device)
         unmix.load_state_dict(payload["model"])
         optimizer, scheduler = self.make_optimizer(unmix)
