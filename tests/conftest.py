@@ -151,9 +151,13 @@ def synth_root(isolated_cache: Path, tiny_config: TrainConfig) -> Path:
     return ensure_synth_dataset(tiny_config.synth_tracks, tiny_config.synth_duration, tiny_config.synth_seed)
 
 
+# Set by mlflow.set_experiment / mlflow run; a stale one would pick the experiment of a child process.
+MLFLOW_SCOPE_ENV = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for running umx-tune / mlflow subprocesses from the test venv."""
-    env = dict(os.environ)
+    env = {name: value for name, value in os.environ.items() if name not in MLFLOW_SCOPE_ENV}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
@@ -185,11 +189,15 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> MainResult:
     from umx_tune.cli import main
 
     capsys.readouterr()
+    saved_env = dict(os.environ)  # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID
     try:
         main(list(args))
         code = 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
     captured = capsys.readouterr()
     return MainResult(code, captured.out, captured.err)
 
