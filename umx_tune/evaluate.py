@@ -61,7 +61,7 @@ def evaluate_tracks(
     out_dir: Path,
     *,
     device: torch.device,
-    evaluator: str = "museval",
+    evaluator: str,
     workers: int | None = None,
     progress: bool = False,
 ) -> EvaluationResult:
