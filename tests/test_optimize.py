@@ -308,7 +308,8 @@ def test_killed_search_resumes_within_its_budget(tracking_uri: str, storage: str
 
 @pytest.mark.slow
 def test_ctrl_c_marks_the_trial_and_exits_130(tracking_uri: str, storage: str, tmp_path: Path) -> None:
-    grid = write_grid(tmp_path / "one.yaml", {"long": {"epochs": 8}})
+    # long enough that the interrupt always lands in training, whatever the machine
+    grid = write_grid(tmp_path / "one.yaml", {"long": {"epochs": 1000, "patience": 1000}})
     worker = start_worker("interrupted", storage, "--grid", grid, *BASE_ARGS, cwd=tmp_path, uri=tracking_uri)
     wait_for(lambda: running_trial_run("interrupted") is not None, 300, "the trial to train")
     os.killpg(worker.pid, signal.SIGINT)

@@ -13,10 +13,11 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -197,12 +198,50 @@ def version_tags() -> dict[str, str]:
     }
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+CUT_CONNECTION_RETRIES = 5  # waits of 1, 2, 4, 8 s: a server that drops out for ~15 s loses nothing
+
+
+def _connection_cut(err: MlflowException) -> bool:
+    """Whether err is a request whose connection broke: refused, reset, or cut mid-response."""
+    import requests
+
+    cause = err.__cause__ or err.__context__
+    return isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError)
+
+
+def survives_cut_connections(call: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Retry call when its connection to the server broke. MLflow retries a refused connection
+    itself, but not one cut while the answer was arriving (a server restarting, a proxy dropping),
+    which would otherwise fail a whole run. For calls that can safely run twice."""
+
+    @wraps(call)
+    def retrying(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        attempt = 0
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except MlflowException as err:
+                attempt += 1
+                if attempt == CUT_CONNECTION_RETRIES or not _connection_cut(err):
+                    raise
+                time.sleep(2 ** (attempt - 1))
+
+    return retrying
+
+
 class RunTracker:
-    """Logs one umx-tune run to the active MLflow run. Created by `start_run`."""
+    """Logs one umx-tune run to the active MLflow run. Created by `start_run`.
+
+    Every call but the asynchronous metrics survives a connection cut for a few seconds; the model
+    too (a retry after a cut may leave one unused LoggedModel behind).
+    """
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
 
+    @survives_cut_connections
     def log_config(self, config: TrainConfig) -> None:
         """Params (TrainConfig names) and tags.
 
@@ -213,9 +252,11 @@ class RunTracker:
         mlflow.log_params({k: v for k, v in config.to_params().items() if k not in logged})
         mlflow.set_tags({**version_tags(), TAG_SIGNATURE: config.signature()})
 
+    @survives_cut_connections
     def set_tags(self, tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
+    @survives_cut_connections
     def log_dataset(self, root: Path, digest: str, name: str) -> None:
         """The dataset as an MLflow input (context 'training') with its digest."""
         from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -244,15 +285,19 @@ class RunTracker:
         metrics[EVAL_SECONDS] = seconds
         self.log_metrics(metrics)
 
+    @survives_cut_connections
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    @survives_cut_connections
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
+    @survives_cut_connections
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
+    @survives_cut_connections
     def log_model(self, model: Any) -> str:
         """The separator in MLflow's pytorch flavor; returns its model URI."""
         import openunmix
@@ -321,6 +366,7 @@ def start_run(
         _end(RunStatus.FINISHED, None)
 
 
+@survives_cut_connections
 def _end(status: int, error: str | None) -> None:
     """Flush async logging, record the error (if any) and end the run with the given status."""
     try:
