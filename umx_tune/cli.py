@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from umx_tune.cli_options import config_options, pop_config_values
+from umx_tune.cli_options import checkpoint_dir_option, config_options, pop_config_values
 from umx_tune.config import TrainConfig
 from umx_tune.errors import UmxTuneError
 
@@ -59,13 +59,7 @@ def cli() -> None:
 @click.option(
     "--resume", "resume_run", metavar="RUN_ID", default=None, help="continue this run from its checkpoint"
 )
-@click.option(
-    "--checkpoint-dir",
-    type=click.Path(path_type=Path),
-    default=Path("umx-tune-checkpoints"),
-    show_default=True,
-    help="where per-epoch checkpoints are kept (one folder per run id)",
-)
+@checkpoint_dir_option("where per-epoch checkpoints are kept (one folder per run id)")
 @QUIET
 def train(
     experiment: str,

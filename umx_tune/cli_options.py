@@ -1,13 +1,15 @@
-"""Click options derived from TrainConfig, shared by every command that takes a training config."""
+"""Click options shared by the commands: those derived from TrainConfig, and --checkpoint-dir."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import click
 
 from umx_tune.config import TrainConfig, param_fields
+from umx_tune.paths import DEFAULT_CHECKPOINT_ROOT
 
 _CLICK_TYPES: dict[str, Any] = {
     "int": click.INT,
@@ -55,3 +57,14 @@ def pop_config_values(kwargs: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in param_fields()}
     given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
     return {k: v for k, v in given.items() if v is not None}
+
+
+def checkpoint_dir_option(help_text: str) -> Callable[[Callable], Callable]:
+    """--checkpoint-dir: the folder that holds one checkpoint folder per run id."""
+    return click.option(
+        "--checkpoint-dir",
+        type=click.Path(path_type=Path),
+        default=DEFAULT_CHECKPOINT_ROOT,
+        show_default=True,
+        help=help_text,
+    )

@@ -17,10 +17,9 @@ from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import DatasetSplits, open_dataset
 from umx_tune.evaluate import EvaluationResult, evaluate_tracks
 from umx_tune.model import build_separator, resolve_device
+from umx_tune.paths import DEFAULT_CHECKPOINT_ROOT
 from umx_tune.plots import loss_curve_png
 from umx_tune.train import EpochCallback, EpochResult, Trainer, TrainState
-
-DEFAULT_CHECKPOINT_ROOT = Path("umx-tune-checkpoints")
 
 
 @dataclass

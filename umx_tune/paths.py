@@ -1,9 +1,12 @@
-"""Where umx-tune keeps files it makes for itself (synthetic datasets, decoded audio)."""
+"""Where umx-tune keeps files it makes for itself (synthetic datasets, decoded audio, checkpoints)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+# per-epoch checkpoints, one folder per MLflow run id, relative to the working directory
+DEFAULT_CHECKPOINT_ROOT = Path("umx-tune-checkpoints")
 
 
 def cache_root() -> Path:

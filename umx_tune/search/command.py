@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from umx_tune.cli_options import config_options, pop_config_values
+from umx_tune.cli_options import checkpoint_dir_option, config_options, pop_config_values
 from umx_tune.config import TrainConfig
 from umx_tune.errors import ConfigError
 from umx_tune.search import choices, objectives, plans, show
@@ -82,13 +82,7 @@ def _names(registry: dict[str, Any]) -> str:
 )
 @click.option("--register-best", type=TEXT, metavar="NAME", help="register the best trial's model as NAME")
 @click.option("--experiment", type=TEXT, help="MLflow experiment [default: umx-tune]")
-@click.option(
-    "--checkpoint-dir",
-    type=click.Path(path_type=Path),
-    default=Path("umx-tune-checkpoints"),
-    show_default=True,
-    help="per-trial checkpoints (one folder per run id)",
-)
+@checkpoint_dir_option("per-trial checkpoints (one folder per run id)")
 @click.option("--quiet", is_flag=True, help="no per-epoch progress output")
 @click.option(
     "--backend",
