@@ -51,6 +51,12 @@ def optimize_args(study: str, storage: str, *args: str) -> list[str]:
     return ["optimize", "--study-name", study, "--storage", storage, *args]
 
 
+def _interruptible() -> None:
+    """In the child before exec: Ctrl-C's default handling. A test session started in the background
+    (`cmd &`, nohup) ignores SIGINT, and a child inherits that, so a worker would never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_worker(study: str, storage: str, *args: str, cwd: Path, uri: str) -> subprocess.Popen:
     """A worker process in its own process group (so a test can signal it and its children)."""
     command = [str(VENV_BIN / "umx-tune"), *optimize_args(study, storage, *args)]
@@ -63,6 +69,7 @@ def start_worker(study: str, storage: str, *args: str, cwd: Path, uri: str) -> s
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_interruptible,
     )
 
 
