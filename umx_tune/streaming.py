@@ -191,7 +191,6 @@ class StreamingSeparator:
                 setattr(net, norm, nn.Identity())
             self.nets.append(net)
             self.lstms.append(net.lstm)
-        self.nb_sources = len(self.nets) + int(self.residual)
         self.reset()
 
     @property
