@@ -4,8 +4,9 @@ Grid: hidden_size 256 and 512 x unidirectional / bidirectional x bandwidth 16 kH
 thread counts asked, on 30 s of 44.1 kHz stereo audio (seeded noise: the speed does not depend on
 the content), untrained weights (neither does it on their values). Offline RTF is the median of
 --repeats runs of the evaluation's separation path (Wiener niter=1); streaming RTF (unidirectional
-only) uses blocks of one hop. The load average is recorded before and after each measurement, since
-other processes on the machine slow it down.
+only) uses blocks of one hop, with float32 weights and, on the CPU, float16 weights too. The load
+average is recorded before and after each measurement, since other processes on the machine slow it
+down.
 
     .venv/bin/python benchmarks/realtime.py [--device cpu|cuda] [--threads 1 2] [--seconds 30]
 """
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from umx_tune import realtime as rt
-from umx_tune.config import SAMPLE_RATE, TrainConfig
+from umx_tune.config import SAMPLE_RATE, STREAM_PRECISIONS, TrainConfig
 from umx_tune.model import build_separator, build_unmix, resolve_device
 from umx_tune.realtime_command import measurement_audio
 
@@ -52,6 +53,11 @@ def bench_one(
     separator = build_separator(config, build_unmix(config).to(device))
     load_before = os.getloadavg()[0]
     m = rt.measure(separator, [audio], device, threads=threads, repeats=repeats)
+    # streaming with the weights in float16 too, where the device runs it (m.stream is float32)
+    half = "float16" in stream_precisions(device) and m.stream is not None
+    stream_float16 = (
+        rt.measure_stream(separator, [audio], device, threads=threads, precision="float16") if half else None
+    )
     flops = rt.flops_per_audio_second(separator)
     frames_per_second = SAMPLE_RATE / config.nhop
     return {
@@ -64,23 +70,28 @@ def bench_one(
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
         **m.to_dict(),
+        "stream_float16": asdict(stream_float16) if stream_float16 else None,
     }
 
 
 def block_sweep(audio: np.ndarray, device: torch.device, hops: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
-    """Streaming RTF of the target model (hidden 512, unidirectional, 16 kHz, 1 thread) per block size:
-    a block of k hops multiplies each dense weight by k frames at once, so it is read k times less."""
+    """Streaming RTF of the target model (hidden 512, unidirectional, 16 kHz, 1 thread) per block size
+    and weight precision: a block of k hops multiplies each dense weight by k frames at once, so it is
+    read k times less; float16 weights are half the bytes."""
     config = TrainConfig(unidirectional=True, device=device.type)
     separator = build_separator(config, build_unmix(config).to(device))
     rows = []
-    with rt.torch_threads(1):
-        for k in hops:
-            block = k * config.nhop
-            rt.streaming_block_seconds(separator, [audio[:, :SAMPLE_RATE]], device, block)  # warm-up
-            wall, cpu = rt.streaming_block_seconds(separator, [audio], device, block)
-            stream = rt._stream_measurement(separator, wall, cpu, block)
-            rows.append({**asdict(stream), "load": os.getloadavg()[0]})
+    for k, precision in itertools.product(hops, stream_precisions(device)):
+        stream = rt.measure_stream(
+            separator, [audio], device, threads=1, block=k * config.nhop, precision=precision
+        )
+        rows.append({**asdict(stream), "load": os.getloadavg()[0]})
     return rows
+
+
+def stream_precisions(device: torch.device) -> tuple[str, ...]:
+    """The streaming weight precisions the device runs: float16 is for the CPU."""
+    return STREAM_PRECISIONS if device.type == "cpu" else ("float32",)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,7 +61,7 @@ def test_measure_reports_offline_and_streaming_speed() -> None:
     m = realtime.measure(separator, [clip], torch.device("cpu"), threads=1, block=512)
     assert (m.device, m.threads, m.audio_seconds) == ("cpu", 1, 0.5)
     assert m.rtf > 0 and m.stream is not None
-    assert m.stream.block == 512 and m.stream.rtf > 0
+    assert m.stream.block == 512 and m.stream.precision == "float32" and m.stream.rtf > 0
     assert m.stream.latency_ms == pytest.approx(1000 * (1024 - 256 + 2 * 512) / SAMPLE_RATE)
     assert 0 < m.stream.block_ms_median <= m.stream.block_ms_p99
     assert m.stream.block_budget_ms == pytest.approx(1000 * 512 / SAMPLE_RATE)
@@ -87,14 +87,15 @@ def test_flops_count_every_weight_once_per_frame() -> None:
 
 
 def test_realtime_json_for_an_untrained_config_shaped_model() -> None:
-    done = run_cli("realtime", *SHAPE_ARGS, "--unidirectional", *FAST_ARGS, "--block", "256", "--json")
+    args = ("--unidirectional", *FAST_ARGS, "--block", "256", "--precision", "float16", "--json")
+    done = run_cli("realtime", *SHAPE_ARGS, *args)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["shape"]["hidden_size"] == 8 and report["shape"]["unidirectional"] is True
     assert report["audio_seconds"] == pytest.approx(0.5)
     (m,) = report["measurements"]
     assert m["threads"] == 1 and m["device"] == "cpu" and m["rtf"] > 0
-    assert m["stream"]["block"] == 256 and m["stream"]["rtf"] > 0
+    assert m["stream"]["block"] == 256 and m["stream"]["precision"] == "float16" and m["stream"]["rtf"] > 0
     table = run_cli("realtime", *SHAPE_ARGS, *FAST_ARGS)  # bidirectional: offline only
     assert table.returncode == 0, table.stderr
     assert "rtf_streaming" in table.stdout and "bidirectional" in table.stdout
@@ -108,6 +109,7 @@ def test_realtime_json_for_an_untrained_config_shaped_model() -> None:
         (("--threads", "0"), "must be >= 1"),
         (("--threads", "-2"), "must be >= 1"),
         (("--stream",), "bidirectional LSTM"),
+        (("--unidirectional", "--precision", "bfloat16"), "'bfloat16' is not one of 'float32', 'float16'"),
     ],
 )
 def test_realtime_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:
@@ -137,6 +139,17 @@ def test_realtime_log_records_into_the_models_run(tracking_uri: str, logged_mode
     assert len(listed) == 1 and listed[0].path.endswith(".json")
 
 
+def test_streaming_metrics_name_a_precision_other_than_float32() -> None:
+    separator = tiny_separator(unidirectional=True)
+    clip = np.zeros((2, SAMPLE_RATE // 4), np.float32)
+    for precision, name in (("float32", "rtf_streaming_cpu_1t"), ("float16", "rtf_streaming_float16_cpu_1t")):
+        m = realtime.measure(separator, [clip], torch.device("cpu"), threads=1, precision=precision)
+        metrics, _ = tracking.realtime_values(m, "_cpu_1t")
+        assert set(metrics) == {"rtf_cpu_1t", name, "latency_ms_cpu_1t"} | {
+            name.replace("rtf_streaming", quantile) for quantile in ("block_ms_median", "block_ms_p99")
+        }
+
+
 def test_realtime_log_needs_a_model() -> None:
     assert_one_line_error(run_cli("realtime", *SHAPE_ARGS, "--log"), "give --model")
 
@@ -148,7 +161,7 @@ def test_separate_stream_writes_files(
     sf.write(tmp_path / "mix.wav", audio, SAMPLE_RATE, subtype="FLOAT")
     out = tmp_path / "out"
     args = ("separate", "--model", logged_models["uni"], str(tmp_path / "mix.wav"), "--out", str(out))
-    done = run_cli(*args, "--device", "cpu", "--stream", "--block", "512")
+    done = run_cli(*args, "--device", "cpu", "--stream", "--block", "512", "--precision", "float16")
     assert done.returncode == 0, done.stderr
     vocals, rate = sf.read(out / "mix_vocals.wav", dtype="float32")
     accompaniment, _ = sf.read(out / "mix_accompaniment.wav", dtype="float32")
@@ -157,6 +170,7 @@ def test_separate_stream_writes_files(
     np.testing.assert_allclose(vocals + accompaniment, audio, atol=1e-4)
     assert float(np.abs(vocals).max()) > 0
     assert_one_line_error(run_cli(*args, "--device", "cpu", "--stream", "--block", "300"), "multiple of")
+    assert_one_line_error(run_cli(*args, "--device", "cpu", "--precision", "float16"), "it needs --stream")
 
 
 def test_separate_stream_refuses_a_bidirectional_model(

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from umx_tune.cli_options import checkpoint_dir_option, config_options, pop_config_values
+from umx_tune.cli_options import checkpoint_dir_option, config_options, pop_config_values, precision_option
 from umx_tune.config import TrainConfig
 from umx_tune.errors import UmxTuneError
 
@@ -137,14 +137,22 @@ def evaluate(
 @config_options(only=("device",))
 @click.option("--stream", is_flag=True, help="separate block by block, as live (unidirectional models)")
 @click.option("--block", type=int, default=None, help="with --stream: block in samples [default: one hop]")
-def separate(model_ref: str, audio: Path, out: Path, stream: bool, block: int | None, **values: Any) -> None:
+@precision_option
+def separate(
+    model_ref: str, audio: Path, out: Path, stream: bool, block: int | None, precision: str, **values: Any
+) -> None:
     """Separate an audio file into the model's target and the residual, written as WAV files."""
     from umx_tune.separate_file import separate_file
 
     if block is not None and not stream:
         raise click.UsageError("--block sets the streaming block; it needs --stream")
+    if precision != "float32" and not stream:
+        raise click.UsageError("--precision sets the streaming weights; it needs --stream")
     config = TrainConfig.from_dict(pop_config_values(values))
-    for path in separate_file(model_ref, audio, out, device_name=config.device, stream=stream, block=block):
+    written = separate_file(
+        model_ref, audio, out, device_name=config.device, stream=stream, block=block, precision=precision
+    )
+    for path in written:
         click.echo(str(path))
 
 

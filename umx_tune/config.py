@@ -21,6 +21,8 @@ SAMPLE_RATE = 44100
 TARGETS = ("vocals", "drums", "bass", "other")
 DEVICES = ("auto", "cpu", "cuda")
 EVALUATORS = ("fast", "museval")
+# weights of the streaming network (streaming_net): float32, or float16 (CPU) for half the bytes a frame reads
+STREAM_PRECISIONS = ("float32", "float16")
 
 # Parameters that change the network's shape or what it predicts: a checkpoint trained with one
 # value cannot be resumed with another.

@@ -32,6 +32,7 @@ from umx_tune.streaming import (
     latency_ms,
     stream_separate,
 )
+from umx_tune.streaming_net import check_precision
 
 # The pipeline's probe separates this much of the test tracks: enough for a stable number, cheap
 # next to training and evaluation.
@@ -44,6 +45,7 @@ class StreamMeasurement:
     """Streaming speed and latency for one block size."""
 
     block: int
+    precision: str  # of the streaming network's weights (streaming_net.PRECISIONS)
     rtf: float
     latency_ms: float
     delay_ms: float
@@ -123,26 +125,21 @@ def offline_seconds(
 
 
 def streaming_block_seconds(
-    separator: Separator, clips: Sequence[np.ndarray], device: torch.device, block: int
+    separator: Separator, clips: Sequence[np.ndarray], device: torch.device, block: int, precision: str
 ) -> tuple[list[float], list[float]]:
     """Per-block wall and calling-thread CPU times of streaming each clip (a fresh stream per clip)."""
     wall: list[float] = []
     cpu: list[float] = []
     for clip in clips:
-        result = stream_separate(separator, torch.from_numpy(clip), block, device)
+        result = stream_separate(separator, torch.from_numpy(clip), block, device, precision)
         wall += result.block_seconds
         cpu += result.block_cpu_seconds
     return wall, cpu
 
 
-def _warm_up(
-    separator: Separator, clips: Sequence[np.ndarray], device: torch.device, block: int | None
-) -> None:
-    """One short untimed pass of each path: first calls allocate, load kernels and tune."""
-    short = [clips[0][:, : int(WARMUP_SECONDS * float(separator.sample_rate))]]
-    offline_seconds(separator, short, device)
-    if block is not None:
-        streaming_block_seconds(separator, short, device, block)
+def _warm_up_clips(separator: Separator, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """A short untimed clip for a first pass: first calls allocate, load kernels and tune."""
+    return [clips[0][:, : int(WARMUP_SECONDS * float(separator.sample_rate))]]
 
 
 def stream_block(separator: Separator, block: int | None, stream: bool | None) -> int | None:
@@ -170,22 +167,23 @@ def measure(
     threads: int,
     block: int | None = None,
     stream: bool | None = None,
+    precision: str = "float32",
     repeats: int = 1,
 ) -> Measurement:
-    """Offline RTF (median of repeats) and, when streaming, streaming RTF and block times.
+    """Offline RTF (median of repeats) and, when streaming, `measure_stream`'s measurement.
 
     clips: audio excerpts (nb_channels, nb_samples), each separated (and streamed) on its own.
     """
     block = stream_block(separator, block, stream)
+    check_precision(precision, device)
     rate = float(separator.sample_rate)
     audio_seconds = sum(clip.shape[-1] for clip in clips) / rate
     with torch_threads(threads):
-        _warm_up(separator, clips, device, block)
+        offline_seconds(separator, _warm_up_clips(separator, clips), device)
         wall, cpu = np.median([offline_seconds(separator, clips, device) for _ in range(repeats)], axis=0)
-        streamed = None
-        if block is not None:
-            block_wall, block_cpu = streaming_block_seconds(separator, clips, device, block)
-            streamed = _stream_measurement(separator, block_wall, block_cpu, block)
+    streamed = None
+    if block is not None:
+        streamed = measure_stream(separator, clips, device, threads=threads, block=block, precision=precision)
     return Measurement(
         device=str(device),
         processor=describe_device(device),
@@ -197,8 +195,32 @@ def measure(
     )
 
 
+def measure_stream(
+    separator: Separator,
+    clips: Sequence[np.ndarray],
+    device: torch.device,
+    *,
+    threads: int,
+    block: int | None = None,
+    precision: str = "float32",
+) -> StreamMeasurement:
+    """Streaming speed alone: blocks of `block` samples (default one hop), weights in `precision`."""
+    check_streamable(separator)
+    nhop = int(separator.stft.n_hop)
+    block = check_block(block or nhop, nhop)
+    check_precision(precision, device)
+    with torch_threads(threads):
+        streaming_block_seconds(separator, _warm_up_clips(separator, clips), device, block, precision)
+        wall, cpu = streaming_block_seconds(separator, clips, device, block, precision)
+    return _stream_measurement(separator, wall, cpu, block, precision)
+
+
 def _stream_measurement(
-    separator: Separator, block_seconds: list[float], block_cpu_seconds: list[float], block: int
+    separator: Separator,
+    block_seconds: list[float],
+    block_cpu_seconds: list[float],
+    block: int,
+    precision: str,
 ) -> StreamMeasurement:
     rate = float(separator.sample_rate)
     nfft, nhop = int(separator.stft.n_fft), int(separator.stft.n_hop)
@@ -206,6 +228,7 @@ def _stream_measurement(
     millis = 1000.0 * np.asarray(block_seconds)
     return StreamMeasurement(
         block=block,
+        precision=precision,
         rtf=float(np.mean(block_seconds)) / budget,  # every block, the flushing ones included
         latency_ms=latency_ms(nfft, nhop, block, rate),
         delay_ms=1000.0 * delay_samples(nfft, nhop) / rate,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from umx_tune.cli_options import config_options, pop_config_values
+from umx_tune.cli_options import config_options, pop_config_values, precision_option
 from umx_tune.config import SAMPLE_RATE, TrainConfig
 
 # torch, openunmix and MLflow load only when the command runs: `umx-tune --help` stays quick
@@ -39,6 +39,7 @@ COLUMNS: tuple[tuple[str, Callable[[dict], str]], ...] = (
     ("threads", lambda m: str(m["threads"])),
     ("rtf", lambda m: _fmt(m["rtf"], ".3f")),
     ("rtf_cpu", lambda m: _fmt(m["rtf_cpu"], ".3f")),
+    ("precision", _stream("precision", "s")),
     ("rtf_streaming", _stream("rtf", ".3f")),
     ("rtf_streaming_cpu", _stream("rtf_cpu", ".3f")),
     ("block", _stream("block", "d")),
@@ -127,6 +128,7 @@ def measurement_audio(path: Path | None, seconds: float, nb_channels: int) -> np
 @click.option(
     "--stream/--no-stream", default=None, help="measure streaming [default: when the model is unidirectional]"
 )
+@precision_option
 @click.option(
     "--seconds", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="audio length"
 )
@@ -147,6 +149,7 @@ def realtime(
     threads: tuple[int, ...],
     block: int | None,
     stream: bool | None,
+    precision: str,
     seconds: float,
     audio_path: Path | None,
     repeats: int,
@@ -174,7 +177,16 @@ def realtime(
     rt.stream_block(separator, block, stream)  # bad block / streaming a bidirectional model: fail first
     clips = [measurement_audio(audio_path, seconds, 2)]
     measurements = [
-        rt.measure(separator, clips, device, threads=count, block=block, stream=stream, repeats=repeats)
+        rt.measure(
+            separator,
+            clips,
+            device,
+            threads=count,
+            block=block,
+            stream=stream,
+            precision=precision,
+            repeats=repeats,
+        )
         for count in threads or (torch.get_num_threads(),)
     ]
     report = build_report(source, separator, measurements)

@@ -40,16 +40,18 @@ def separate_file(
     *,
     stream: bool = False,
     block: int | None = None,
+    precision: str = "float32",
 ) -> list[Path]:
     """Write `<stem>_<target>.wav` and `<stem>_<residual>.wav` into out; return their paths.
 
-    stream separates block by block as `streaming.StreamingSeparator` does live (niter=0, causal).
+    stream separates block by block as `streaming.StreamingSeparator` does live (niter=0, causal),
+    with the streaming network's weights in `precision`.
     """
     device = resolve_device(device_name)
     separator = load_separator(model_ref, device)
     audio = read_audio(audio_path)
     if stream:
-        estimates = stream_estimates(separator, audio, block, device)
+        estimates = stream_estimates(separator, audio, block, device, precision)
     else:
         estimates = separate(separator, audio, device)
     target = next(iter(separator.target_models))
@@ -63,10 +65,10 @@ def separate_file(
 
 
 def stream_estimates(
-    separator: Separator, audio: np.ndarray, block: int | None, device: torch.device
+    separator: Separator, audio: np.ndarray, block: int | None, device: torch.device, precision: str
 ) -> dict[str, np.ndarray]:
     """Streamed separation of (nb_channels, nb_samples), as `separate` returns it: {name: (nb_samples,
     nb_channels)}."""
-    result = stream_separate(separator, torch.from_numpy(audio), block, device)
+    result = stream_separate(separator, torch.from_numpy(audio), block, device, precision)
     # (nb_sources, nb_channels, nb_samples) -> per source (nb_samples, nb_channels), as soundfile writes
     return {name: result.estimates[k].T.numpy() for k, name in enumerate(result.names)}

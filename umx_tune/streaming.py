@@ -31,7 +31,6 @@ belongs to input sample i - delay. `stream_separate` removes that delay for whol
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass
@@ -41,75 +40,9 @@ from openunmix.model import Separator
 from torch import Tensor, nn
 
 from umx_tune.errors import ConfigError, ModelError
+from umx_tune.streaming_net import StreamingNet, check_precision
 
 WIENER_EPS = 1e-10  # openunmix.filtering.wiener's default eps, for the softmask ratio
-
-
-class _CarriedLSTM(nn.Module):
-    """A unidirectional nn.LSTM's computation for one stream, with (h, c) carried between calls.
-
-    A block of one frame takes one matrix-vector product per layer with [W_ih | W_hh] concatenated
-    (nn.LSTM's kernel measured 3.4 ms for hidden 512 and one frame, this 2.8 ms); a block of several
-    frames takes W_ih for all its frames in one product, then W_hh frame by frame, as nn.LSTM does.
-    Gates in PyTorch's order: input, forget, cell, output.
-    """
-
-    def __init__(self, lstm: nn.LSTM) -> None:
-        super().__init__()
-        if lstm.bidirectional or lstm.proj_size or not lstm.bias:
-            raise ModelError("streaming needs a unidirectional LSTM with biases and no projection")
-
-        def layer(name: str) -> list[Tensor]:
-            return [getattr(lstm, f"{name}_l{k}").detach() for k in range(lstm.num_layers)]
-
-        self.weights = [
-            torch.cat(pair, 1) for pair in zip(layer("weight_ih"), layer("weight_hh"), strict=True)
-        ]
-        self.biases = [ih + hh for ih, hh in zip(layer("bias_ih"), layer("bias_hh"), strict=True)]
-        self.hidden_size = lstm.hidden_size
-        self.state: tuple[list[Tensor], list[Tensor]] | None = None
-
-    def forward(self, x: Tensor) -> tuple[Tensor, None]:
-        """x: (nb_frames, 1, input_size), as OpenUnmix.forward passes it for one stream."""
-        if self.state is None:
-            zeros = [x.new_zeros(self.hidden_size) for _ in self.weights]
-            self.state = (zeros, list(zeros))
-        hidden = self.state[0]
-        frames = x[:, 0]
-        for k, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            nb_inputs = frames.shape[-1]
-            if len(frames) == 1:
-                frames = self._cell(k, torch.addmv(bias, weight, torch.cat([frames[0], hidden[k]])))[None]
-            else:
-                projected = torch.addmm(bias, frames, weight[:, :nb_inputs].t())
-                recurrent = weight[:, nb_inputs:]
-                frames = torch.stack([self._cell(k, torch.addmv(p, recurrent, hidden[k])) for p in projected])
-        return frames[:, None], None
-
-    def _cell(self, layer: int, gates: Tensor) -> Tensor:
-        """Advance layer's (h, c) by one frame's gates; returns the new h."""
-        assert self.state is not None
-        hidden, cell = self.state
-        in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4)
-        cell[layer] = forget_gate.sigmoid() * cell[layer] + in_gate.sigmoid() * cell_gate.tanh()
-        hidden[layer] = out_gate.sigmoid() * cell[layer].tanh()
-        return hidden[layer]
-
-
-def _fold_batch_norm(dense: nn.Linear, norm: nn.BatchNorm1d) -> nn.Linear:
-    """One Linear computing norm(dense(x)) with norm's running statistics (eval mode): a frame
-    then costs one call instead of two."""
-    if norm.running_mean is None or norm.running_var is None:
-        raise ModelError("streaming needs BatchNorm layers with running statistics")
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    bias = norm.bias - norm.running_mean * scale
-    if dense.bias is not None:
-        bias = bias + dense.bias * scale
-    folded = nn.Linear(dense.in_features, dense.out_features, device=dense.weight.device)
-    with torch.no_grad():
-        folded.weight.copy_(dense.weight * scale[:, None])
-        folded.bias.copy_(bias)
-    return folded
 
 
 def check_streamable(separator: Separator) -> None:
@@ -167,9 +100,16 @@ class StreamingSeparator:
     the Separator's order, then the residual if the Separator has one, `delay` samples late.
     """
 
-    def __init__(self, separator: Separator, block: int | None = None, device: torch.device | None = None):
+    def __init__(
+        self,
+        separator: Separator,
+        block: int | None = None,
+        device: torch.device | None = None,
+        precision: str = "float32",
+    ):
         check_streamable(separator)
         self.device = device or separator.stft.window.device
+        self.precision = check_precision(precision, self.device)
         self.nfft = int(separator.stft.n_fft)
         self.nhop = int(separator.stft.n_hop)
         self.block = check_block(block or self.nhop, self.nhop)
@@ -180,17 +120,8 @@ class StreamingSeparator:
         self.window = separator.stft.window.detach().to(self.device)
         self.envelope = window_envelope(self.window, self.nhop)
         self._block_envelope = self.envelope.repeat(self.block // self.nhop)  # (block,)
-        # A private copy of each network, its LSTM wrapped to carry state; the Separator is untouched.
-        self.nets: list[nn.Module] = []
-        self.lstms: list[_CarriedLSTM] = []
-        for unmix in separator.target_models.values():
-            net = copy.deepcopy(unmix).to(self.device).eval()
-            net.lstm = _CarriedLSTM(net.lstm)
-            for dense, norm in (("fc1", "bn1"), ("fc2", "bn2"), ("fc3", "bn3")):
-                setattr(net, dense, _fold_batch_norm(getattr(net, dense), getattr(net, norm)))
-                setattr(net, norm, nn.Identity())
-            self.nets.append(net)
-            self.lstms.append(net.lstm)
+        # each target's network rewritten for one stream; the Separator itself is untouched
+        self.nets = [StreamingNet(net, precision, self.device) for net in separator.target_models.values()]
         self.reset()
 
     @property
@@ -207,8 +138,8 @@ class StreamingSeparator:
         """Start a new stream: silence before it, no LSTM state."""
         self._history: Tensor | None = None  # (nb_channels, nfft - nhop) last input samples
         self._tail: Tensor | None = None  # (nb_targets, nb_channels, nfft - nhop) partial OLA sums
-        for lstm in self.lstms:
-            lstm.state = None
+        for net in self.nets:
+            net.reset()
 
     def process(self, audio: Tensor) -> Tensor:
         """One block (nb_channels, block) in, (nb_sources, nb_channels, block) out, delay samples late."""
@@ -235,19 +166,19 @@ class StreamingSeparator:
         """(nb_channels, nb_frames, nb_bins) complex mixture -> (nb_targets, nb_channels, nb_frames,
         nb_bins) complex target estimates."""
         mixture_magnitude = spectrum.abs()
-        # what the Separator's ComplexNorm gives, in openunmix's (nb_samples=1, nb_channels, nb_bins,
-        # nb_frames) layout
-        magnitude = mixture_magnitude.transpose(-1, -2)[None]
-        if self.mono:
-            magnitude = magnitude.mean(1, keepdim=True)
-        # each net: (1, nb_channels, nb_bins, nb_frames) -> stacked (nb_targets, nb_channels, nb_frames,
-        # nb_bins); a mono model's one channel broadcasts over the mixture's channels below
-        estimates = torch.stack([net(magnitude)[0] for net in self.nets]).transpose(-1, -2)
+        # what the Separator's ComplexNorm gives the networks (a mono model's one channel broadcasts
+        # over the mixture's channels below)
+        magnitude = mixture_magnitude.mean(0, keepdim=True) if self.mono else mixture_magnitude
+        # OpenUnmix's estimate is gains * magnitude
+        gains = torch.stack([net.gains(magnitude) for net in self.nets])  # (nb_targets, nb_channels, ...)
         if self.softmask:  # the estimates' share of their sum, as a ratio mask on the mixture
-            targets = spectrum * (estimates / (WIENER_EPS + estimates.sum(0, keepdim=True)))
-        else:  # the estimated magnitudes with the mixture's phase
-            targets = estimates * _phase(spectrum, mixture_magnitude)
-        return targets
+            estimates = gains * magnitude
+            return spectrum * (estimates / (WIENER_EPS + estimates.sum(0, keepdim=True)))
+        if self.mono:  # the estimated magnitudes with the mixture's phase
+            return gains * magnitude * _phase(spectrum, mixture_magnitude)
+        # the same for a stereo model: gains * |X| with X's phase is gains * X where |X| > 0, and
+        # where |X| = 0 both are 0
+        return gains * spectrum
 
     def _overlap_add(self, spectra: Tensor) -> Tensor:
         """(nb_targets, nb_channels, nb_frames, nb_bins) complex -> the nb_frames * nhop samples they
@@ -285,7 +216,11 @@ def source_names(separator: Separator) -> list[str]:
 
 
 def stream_separate(
-    separator: Separator, audio: Tensor, block: int | None = None, device: torch.device | None = None
+    separator: Separator,
+    audio: Tensor,
+    block: int | None = None,
+    device: torch.device | None = None,
+    precision: str = "float32",
 ) -> StreamResult:
     """Stream audio (nb_channels, nb_samples) through a StreamingSeparator as a live input would.
 
@@ -293,7 +228,7 @@ def stream_separate(
     is aligned with the input and cut to its length. Each block's time covers taking it in, separating
     it and handing its output back on the CPU (that also waits for a GPU).
     """
-    streamer = StreamingSeparator(separator, block, device)
+    streamer = StreamingSeparator(separator, block, device, precision)
     nb_samples = audio.shape[-1]
     total = math.ceil((nb_samples + streamer.delay) / streamer.block) * streamer.block
     padded = nn.functional.pad(audio.float().cpu(), (0, total - nb_samples))  # (nb_channels, total)

@@ -111,10 +111,12 @@ def realtime_values(measurement: Measurement, suffix: str = "") -> tuple[dict[st
     metrics = {REALTIME_FACTOR + suffix: measurement.rtf}
     stream = measurement.stream
     if stream is not None:
-        metrics[REALTIME_FACTOR_STREAMING + suffix] = stream.rtf
+        # float32 weights keep the plain names; other precisions say theirs, e.g. 'rtf_streaming_float16'
+        precision = "" if stream.precision == "float32" else f"_{stream.precision}"
+        metrics[REALTIME_FACTOR_STREAMING + precision + suffix] = stream.rtf
         metrics[LATENCY_MS + suffix] = stream.latency_ms
-        metrics[BLOCK_MS_MEDIAN + suffix] = stream.block_ms_median
-        metrics[BLOCK_MS_P99 + suffix] = stream.block_ms_p99
+        metrics[BLOCK_MS_MEDIAN + precision + suffix] = stream.block_ms_median
+        metrics[BLOCK_MS_P99 + precision + suffix] = stream.block_ms_p99
     tags = {
         TAG_RTF_DEVICE + suffix: measurement.device,
         TAG_RTF_THREADS + suffix: str(measurement.threads),
