@@ -6,12 +6,11 @@ How a block of `block` samples (a multiple of the hop) travels:
   sample. Frame k of the stream covers input samples [(k + 1) * nhop - nfft, (k + 1) * nhop), zeros
   before the stream starts: the frames `torch.stft(center=False)` gives for the input with
   nfft - nhop zeros in front.
-- The network: each target's own `OpenUnmix.forward` runs on the block's frames, on a private copy
-  in which two things differ, neither changing what is computed (up to float rounding): its LSTM is
-  `_CarriedLSTM`, the same gates one frame at a time with (h, c) carried from block to block, and
-  each BatchNorm (running statistics, eval mode) is folded into the Linear before it. Everything
-  else in the network works on one frame at a time, so the frames of a stream pass through the
-  computation they would pass through in one call on the whole spectrogram.
+- The network: each target's `OpenUnmix` rewritten for one stream (`streaming_net.StreamingNet`):
+  the same function, its affine steps folded into its Linears and its LSTM run frame by frame with
+  (h, c) carried from block to block. Every step of the network works on one frame at a time, so
+  the frames of a stream pass through the computation they would pass through in one call on the
+  whole spectrogram. Its weights are float32 or, on the CPU, float16 (half the bytes per frame).
 - Masking: what openunmix's `wiener` computes with niter=0 (each target's magnitude estimate with
   the mixture's phase, or its softmask ratio), written out directly because wiener's atan2 alone
   costs about as much as the rest of a small model's block. The EM iterations (niter > 0) mix
@@ -22,11 +21,11 @@ How a block of `block` samples (a multiple of the hop) travels:
 - The residual (mixture spectrum minus the targets') needs no ISTFT of its own: the mixture's
   overlap-add gives back the input itself, so the residual is the delayed input minus the targets.
 
-Where the time goes (hidden 512, one hop, one core): reading the weights, 42 MB a frame, is about
-three quarters of a block; the rest is FFTs and per-operation overhead.
-
 So the output is the input's separation delayed by `delay` = nfft - nhop samples: output sample i
 belongs to input sample i - delay. `stream_separate` removes that delay for whole files.
+
+Where the time goes (hidden 512, one hop, one core, float32): reading the weights, 42 MB a frame,
+is about four fifths of a block; the rest is FFTs and per-operation overhead.
 """
 
 from __future__ import annotations
