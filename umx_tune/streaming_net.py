@@ -99,12 +99,14 @@ class CarriedLSTM:
         self.projections: list[Dense] = []  # W_ih, several frames at once
         self.recurrences: list[Dense] = []  # W_hh, frame by frame
         for k in range(lstm.num_layers):
-            weight_ih = getattr(lstm, f"weight_ih_l{k}")[order]
-            weight_hh = getattr(lstm, f"weight_hh_l{k}")[order]
+            weight_ih, weight_hh = getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}")
+            weight = torch.cat([weight_ih, weight_hh], 1)[order].float().to(device)
             bias = (getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}"))[order]
-            self.fused.append(dense(torch.cat([weight_ih, weight_hh], 1), bias, precision, device))
-            self.projections.append(dense(weight_ih, bias, precision, device))
-            self.recurrences.append(dense(weight_hh, torch.zeros_like(bias), precision, device))
+            nb_inputs = weight_ih.shape[1]
+            # in float32 the three share the fused weight's memory
+            self.fused.append(dense(weight, bias, precision, device))
+            self.projections.append(dense(weight[:, :nb_inputs], bias, precision, device))
+            self.recurrences.append(dense(weight[:, nb_inputs:], torch.zeros_like(bias), precision, device))
         self._inputs = torch.zeros(self.input_size + lstm.num_layers * size, device=device)
         # h_k starts at ends[k]; layer k's input [h_{k-1} | h_k] (x for k = 0) ends where h_k does
         ends = [self.input_size + k * size for k in range(lstm.num_layers)]
@@ -162,15 +164,15 @@ def _batch_norm_affine(norm: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
 
 
 def _folded(
-    dense: nn.Linear,
+    linear: nn.Linear,
     out_scale: Tensor,
     out_shift: Tensor,
     in_scale: Tensor | None = None,
     in_shift: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Weight and bias of x -> out_scale * dense(in_scale * (x + in_shift)) + out_shift, in float64."""
-    weight = dense.weight.double()
-    bias = torch.zeros_like(out_shift) if dense.bias is None else dense.bias.double()
+    """Weight and bias of x -> out_scale * linear(in_scale * (x + in_shift)) + out_shift, in float64."""
+    weight = linear.weight.double()
+    bias = torch.zeros_like(out_shift) if linear.bias is None else linear.bias.double()
     if in_scale is not None and in_shift is not None:
         bias = bias + weight @ (in_scale.double() * in_shift.double())
         weight = weight * in_scale.double()
