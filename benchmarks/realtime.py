@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     audio = measurement_audio(None, args.seconds, 2)
     load_start = os.getloadavg()
-    peaks = {t: rt.peak_flops(threads=t) for t in args.threads}
-    bandwidths = {t: rt.matvec_bandwidth(threads=t) for t in args.threads}
+    # the device's own peaks: on a GPU the thread count only drives the host side
+    peaks = {t: rt.peak_flops(device, threads=t) for t in args.threads}
+    bandwidths = {t: rt.matvec_bandwidth(device, threads=t) for t in args.threads}
     results = []
     grid = itertools.product(args.hidden, (True, False), args.bandwidth, args.threads)
     for hidden, unidirectional, bandwidth, threads in grid:

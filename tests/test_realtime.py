@@ -42,6 +42,14 @@ def tiny_separator(unidirectional: bool) -> torch.nn.Module:
     return build_separator(config, build_unmix(config))
 
 
+def test_separator_is_built_on_its_networks_device() -> None:
+    """The STFT window goes with the network (a CUDA network with a CPU window fails in torch.stft);
+    the meta device stands in for a GPU here."""
+    config = TrainConfig.from_dict(TINY)
+    separator = build_separator(config, build_unmix(config).to("meta"))
+    assert {tensor.device.type for tensor in [*separator.buffers(), *separator.parameters()]} == {"meta"}
+
+
 @pytest.fixture(scope="module")
 def logged_models(mlflow_server: MlflowServer) -> Iterator[dict[str, str]]:
     """Run ids of two untrained tiny models logged as runs do: 'uni' and 'bi'."""

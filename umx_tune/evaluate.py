@@ -24,13 +24,9 @@ from openunmix import model as umx_model
 
 from umx_tune.config import SAMPLE_RATE
 from umx_tune.data.dataset import Track
+from umx_tune.separation import residual_name, separate
 
 T = TypeVar("T")
-
-
-def residual_name(target: str) -> str:
-    """Name of the residual estimate: musdb's 'accompaniment' for vocals, else 'residual'."""
-    return "accompaniment" if target == "vocals" else "residual"
 
 
 @dataclass
@@ -41,17 +37,6 @@ class EvaluationResult:
     track_files: list[Path]
     seconds: float
     audio_seconds: float
-
-
-def separate(
-    separator: umx_model.Separator, audio: np.ndarray, device: torch.device
-) -> dict[str, np.ndarray]:
-    """Separate a mixture (nb_channels, nb_samples) into {name: (nb_samples, nb_channels)} float32."""
-    with torch.no_grad():
-        mix = torch.as_tensor(audio, dtype=torch.float32, device=device)[None]
-        estimates = separator(mix)  # (1, nb_targets + residual, nb_channels, nb_samples)
-    names = [*separator.target_models.keys(), "residual"]
-    return {name: estimates[0, k].T.cpu().numpy() for k, name in enumerate(names)}
 
 
 def evaluate_tracks(

@@ -47,7 +47,8 @@ def build_encoder(config: TrainConfig) -> torch.nn.Sequential:
 def build_separator(
     config: TrainConfig, unmix: umx_model.OpenUnmix, *, niter: int = 1
 ) -> umx_model.Separator:
-    """Separator yielding the target and the residual (mixture minus target), Wiener-filtered."""
+    """Separator yielding the target and the residual (mixture minus target), Wiener-filtered, on
+    the network's device (its STFT window with it)."""
     separator = umx_model.Separator(
         target_models={config.target: unmix},
         niter=niter,
@@ -58,7 +59,7 @@ def build_separator(
         nb_channels=config.nb_channels,
     )
     separator.freeze()
-    return separator
+    return separator.to(next(unmix.parameters()).device)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,7 +1,7 @@
 """How fast a separator runs: real-time factors offline and streaming, latency, and a FLOP count.
 
 RTF = processing time / audio duration; below 1 a model separates faster than the audio plays.
-- Offline: `evaluate.separate` (the path the evaluation uses: STFT, network, Wiener filter with the
+- Offline: `separation.separate` (the path the evaluation uses: STFT, network, Wiener filter with the
   Separator's niter, ISTFT, host/device copies) on whole clips.
 - Streaming (unidirectional models): `streaming.stream_separate`, blocks of `block` samples; its RTF
   is the sum of the per-block compute times over the audio duration, and the block times' median and
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -24,7 +24,7 @@ from openunmix.model import Separator
 from umx_tune.config import SAMPLE_RATE
 from umx_tune.data.dataset import Track
 from umx_tune.errors import ConfigError
-from umx_tune.evaluate import separate
+from umx_tune.separation import separate
 from umx_tune.streaming import (
     check_block,
     check_streamable,
@@ -38,6 +38,7 @@ from umx_tune.streaming_net import check_precision
 # next to training and evaluation.
 PROBE_SECONDS = 10.0
 WARMUP_SECONDS = 1.0
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -285,34 +286,43 @@ def flops_per_audio_second(separator: Separator) -> float:
     return flops_per_frame(separator) * float(separator.sample_rate) / int(separator.stft.n_hop)
 
 
-def peak_flops(threads: int = 1, size: int = 1024, repeats: int = 10) -> float:
-    """Measured float32 FLOP/s of a square matmul with `threads` torch threads (best of repeats)."""
+def _best_seconds(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Shortest of `repeats` timed calls of run on device, after one untimed call (it sizes buffers)."""
+    run()
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        tic = time.perf_counter()
+        run()
+        _sync(device)
+        best = min(best, time.perf_counter() - tic)
+    return best
+
+
+def peak_flops(
+    device: torch.device = CPU, threads: int = 1, size: int | None = None, repeats: int = 10
+) -> float:
+    """Measured float32 FLOP/s of a square matmul on device with `threads` torch threads (best of
+    repeats); 1024 x 1024 on the CPU, 8192 x 8192 on a GPU (smaller ones leave it idle)."""
+    size = size or (1024 if device.type == "cpu" else 8192)
     with torch_threads(threads):
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        a @ b  # untimed: the first call sizes buffers
-        best = math.inf
-        for _ in range(repeats):
-            tic = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - tic)
-    return 2.0 * size**3 / best
+        a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+        return 2.0 * size**3 / _best_seconds(lambda: a @ b, device, repeats)
 
 
-def matvec_bandwidth(threads: int = 1, size: int = 4096, repeats: int = 10) -> float:
-    """Measured bytes/s of a float32 matrix-vector product too large for the caches (best of repeats).
+def matvec_bandwidth(
+    device: torch.device = CPU, threads: int = 1, size: int | None = None, repeats: int = 10
+) -> float:
+    """Measured bytes/s of a float32 matrix-vector product too large for the caches (best of repeats):
+    4096 x 4096 (67 MB) on the CPU, 16384 x 16384 (1 GB) on a GPU.
 
     A block of one frame multiplies every weight matrix by one vector, reading each weight once for
     2 FLOPs: that speed, not the matmul peak, bounds streaming.
     """
+    size = size or (4096 if device.type == "cpu" else 16384)
     with torch_threads(threads):
-        matrix, vector = torch.randn(size, size), torch.randn(size)
-        matrix @ vector
-        best = math.inf
-        for _ in range(repeats):
-            tic = time.perf_counter()
-            matrix @ vector
-            best = min(best, time.perf_counter() - tic)
-    return 4.0 * size * size / best
+        matrix, vector = torch.randn(size, size, device=device), torch.randn(size, device=device)
+        return 4.0 * size * size / _best_seconds(lambda: matrix @ vector, device, repeats)
 
 
 def weight_bytes(separator: Separator) -> int:

@@ -11,9 +11,9 @@ from openunmix.model import Separator
 
 from umx_tune.config import SAMPLE_RATE
 from umx_tune.errors import DatasetError
-from umx_tune.evaluate import residual_name, separate
 from umx_tune.loading import load_separator
 from umx_tune.model import resolve_device
+from umx_tune.separation import residual_name, separate
 from umx_tune.streaming import stream_separate
 
 

@@ -112,13 +112,14 @@ def _list_tracks(root: Path, is_wav: bool, subset: str, split: str | None) -> li
     except (OSError, ValueError, KeyError) as err:
         raise DatasetError(f"root={str(root)!r} is not a MUSDB-layout folder: {err}") from None
     if is_wav:
-        return [_wav_track(Path(t.path).parent, t.name) for t in db.tracks]
+        return [wav_track(Path(t.path).parent, t.name) for t in db.tracks]
     from umx_tune.data.stems import decoded_track_dir
 
-    return [_wav_track(decoded_track_dir(Path(t.path)), t.name) for t in db.tracks]
+    return [wav_track(decoded_track_dir(Path(t.path)), t.name) for t in db.tracks]
 
 
-def _wav_track(folder: Path, name: str) -> Track:
+def wav_track(folder: Path, name: str) -> Track:
+    """A Track of the stem WAVs in folder, each checked readable, at 44.1 kHz and of one length."""
     files = {stem: folder / f"{stem}.wav" for stem in STEMS}
     lengths = {}
     for stem, path in files.items():
