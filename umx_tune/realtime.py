@@ -46,7 +46,7 @@ class StreamMeasurement:
     """Streaming speed and latency for one block size."""
 
     block: int
-    precision: str  # of the streaming network's weights (streaming_net.PRECISIONS)
+    precision: str  # of the streaming network's weights, one of config.STREAM_PRECISIONS
     rtf: float
     latency_ms: float
     delay_ms: float
