@@ -118,6 +118,13 @@ def test_bad_space_files_name_file_and_key(tmp_path: Path, spec: str, message: s
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("text", ["params: {}\n", "params: [lr]\n"])
+def test_space_params_must_be_a_non_empty_mapping(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "s.yaml", text)
+    with pytest.raises(ConfigError, match="'params' must map parameter names to distributions"):
+        plans.load_space(path, TrainConfig())
+
+
 def test_unknown_shipped_names() -> None:
     with pytest.raises(ConfigError, match="unknown grid 'sede'; shipped grids: seed"):
         plans.load_grid("sede", TrainConfig())

@@ -128,12 +128,7 @@ def plan_from_json(text: str) -> Grid | Space:
 
 def load_grid(ref: str, base: TrainConfig) -> Grid:
     """A shipped grid name or a grid file, every entry checked against TrainConfig over base."""
-    path = files.resolve("grid", ref)
-    where = files.display_name(path)
-    doc = files.check_keys(files.read_yaml(path), where, ("entries",), ("description",))
-    raw = doc["entries"]
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{where}: 'entries' must map entry names to parameter values")
+    where, raw, description = _plan_file("grid", ref, "entries", "entry names to parameter values")
     entries = []
     for name, values in raw.items():
         at = f"{where}: entry {name!r}"
@@ -143,19 +138,26 @@ def load_grid(ref: str, base: TrainConfig) -> Grid:
             raise ConfigError(f"{at}: expected a mapping of parameter names to values")
         config = base.replace(where=at, **values)  # unknown names, types, bounds, relations
         entries.append(GridEntry(name, {key: getattr(config, key) for key in values}))
-    return Grid(name=where, entries=tuple(entries), description=str(doc.get("description", "")))
+    return Grid(name=where, entries=tuple(entries), description=description)
 
 
 def load_space(ref: str, base: TrainConfig) -> Space:
     """A shipped space name or a space file, every distribution checked against TrainConfig."""
-    path = files.resolve("space", ref)
-    where = files.display_name(path)
-    doc = files.check_keys(files.read_yaml(path), where, ("params",), ("description",))
-    raw = doc["params"]
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{where}: 'params' must map parameter names to distributions")
+    where, raw, description = _plan_file("space", ref, "params", "parameter names to distributions")
     params = {name: _distribution(name, spec, base, f"{where}: params.{name}") for name, spec in raw.items()}
-    return Space(name=where, params=params, description=str(doc.get("description", "")))
+    return Space(name=where, params=params, description=description)
+
+
+def _plan_file(kind: str, ref: str, key: str, mapping: str) -> tuple[str, dict[Any, Any], str]:
+    """A grid or space file's display name, the non-empty mapping under `key` (of `mapping`), and
+    its description."""
+    path = files.resolve(kind, ref)
+    where = files.display_name(path)
+    doc = files.check_keys(files.read_yaml(path), where, (key,), ("description",))
+    raw = doc[key]
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: '{key}' must map {mapping}")
+    return where, raw, str(doc.get("description", ""))
 
 
 _SPEC_KEYS = {
