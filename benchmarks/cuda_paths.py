@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -35,6 +36,11 @@ def relative_difference(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tens
     """max |a - b| / max |b|."""
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     return float((a - b).abs().max() / b.abs().max())
+
+
+def on_device(unmix: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A copy of unmix on device (Module.to moves in place: the CPU side keeps its own)."""
+    return copy.deepcopy(unmix).to(device)
 
 
 def synthetic_splits(config: TrainConfig) -> DatasetSplits:
@@ -73,7 +79,7 @@ def offline_against_cpu(
     """Offline separation (Wiener niter=1) of noise on the GPU and on the CPU."""
     audio = measurement_audio(None, seconds, 2)
     on_cpu = separate(build_separator(config, unmix), audio, torch.device("cpu"))
-    on_gpu = separate(build_separator(config, unmix).to(device), audio, device)
+    on_gpu = separate(build_separator(config, on_device(unmix, device)), audio, device)
     return {name: relative_difference(on_gpu[name], on_cpu[name]) for name in on_cpu}
 
 
@@ -88,7 +94,7 @@ def streaming_against_cpu(device: torch.device, seconds: float) -> dict:
             norm.running_var.uniform_(0.5, 2.0)
     audio = torch.from_numpy(measurement_audio(None, seconds, 2))
     on_cpu = stream_separate(build_separator(config, unmix), audio)
-    on_gpu = stream_separate(build_separator(config, unmix).to(device), audio, device=device)
+    on_gpu = stream_separate(build_separator(config, on_device(unmix, device)), audio, device=device)
     millis = 1000 * np.asarray(on_gpu.block_seconds)
     return {
         "max_difference_over_peak": relative_difference(on_gpu.estimates, on_cpu.estimates),

@@ -76,5 +76,5 @@ precision_option = click.option(
     default="float32",
     show_default=True,
     help="streaming weights: float32 (equal to offline separation) or float16 (CPU; half the bytes "
-    "each frame reads, within ~1e-4 of float32)",
+    "each frame reads, within 2e-4 of the output's peak)",
 )

@@ -108,7 +108,7 @@ class StreamingSeparator:
     ):
         check_streamable(separator)
         self.device = device or separator.stft.window.device
-        self.precision = check_precision(precision, self.device)
+        check_precision(precision, self.device)
         self.nfft = int(separator.stft.n_fft)
         self.nhop = int(separator.stft.n_hop)
         self.block = check_block(block or self.nhop, self.nhop)
