@@ -25,11 +25,11 @@ import torch
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import DatasetSplits, wav_track
 from umx_tune.data.synth import ensure_synth_dataset, track_names
-from umx_tune.model import build_separator, build_unmix, resolve_device
-from umx_tune.realtime_command import measurement_audio
-from umx_tune.separation import separate
-from umx_tune.streaming import stream_separate
-from umx_tune.train import Trainer
+from umx_tune.separation.model import build_separator, build_unmix, resolve_device
+from umx_tune.separation.offline import separate
+from umx_tune.separation.speed import measurement_audio
+from umx_tune.separation.streaming import stream_separate
+from umx_tune.training.trainer import Trainer
 
 
 def relative_difference(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:

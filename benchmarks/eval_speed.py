@@ -1,4 +1,4 @@
-"""Speed and peak memory of museval's BSSEval v4 against umx_tune.bsseval, side by side.
+"""Speed and peak memory of museval's BSSEval v4 against umx_tune.evaluation.bsseval, side by side.
 
     .venv/bin/python benchmarks/eval_speed.py            # 10, 30 and 60 s; 4 x 30 s on 2 processes
     .venv/bin/python benchmarks/eval_speed.py --quick    # 10 s; 4 x 10 s on 2 processes
@@ -86,7 +86,7 @@ def score(evaluator: str, refs: np.ndarray, ests: np.ndarray) -> np.ndarray:
         import museval
 
         return np.array(museval.evaluate(refs, ests, win=RATE, hop=RATE, mode="v4"))
-    from umx_tune import bsseval
+    from umx_tune.evaluation import bsseval
 
     device = "cuda" if evaluator == "fast-cuda" else None
     return np.array(bsseval.evaluate(refs, ests, RATE, RATE, device=device))
@@ -123,7 +123,7 @@ def child_single(evaluator: str, track: Path, out: Path) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     import museval  # noqa: F401  (both paths load it: keep the baselines comparable)
 
-    from umx_tune import bsseval  # noqa: F401
+    from umx_tune.evaluation import bsseval  # noqa: F401
 
     refs, ests = load_track(track)
     reset = _reset_peak()
@@ -161,7 +161,7 @@ def child_parallel(evaluator: str, workers: int, tracks: list[Path]) -> dict[str
     """Wall time of the tracks through a pool of `workers` processes forked with all loaded."""
     import museval  # noqa: F401  (imported before the fork, so no worker pays for it)
 
-    from umx_tune import bsseval  # noqa: F401
+    from umx_tune.evaluation import bsseval  # noqa: F401
 
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:

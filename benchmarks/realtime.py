@@ -24,10 +24,10 @@ from dataclasses import asdict
 import numpy as np
 import torch
 
-from umx_tune import realtime as rt
 from umx_tune.config import SAMPLE_RATE, STREAM_PRECISIONS, TrainConfig
-from umx_tune.model import build_separator, build_unmix, resolve_device
-from umx_tune.realtime_command import measurement_audio
+from umx_tune.separation import speed as rt
+from umx_tune.separation.model import build_separator, build_unmix, resolve_device
+from umx_tune.separation.speed import measurement_audio
 
 FULL_BAND = SAMPLE_RATE / 2
 

@@ -41,7 +41,7 @@ import torch
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import open_dataset
 from umx_tune.search import choices, plans
-from umx_tune.train import EpochResult, Trainer
+from umx_tune.training.trainer import EpochResult, Trainer
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

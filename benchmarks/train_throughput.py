@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader
 
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import open_dataset
-from umx_tune.model import build_encoder, build_unmix
-from umx_tune.train import EpochResult, Trainer
+from umx_tune.separation.model import build_encoder, build_unmix
+from umx_tune.training.trainer import EpochResult, Trainer
 
 
 def reference_loader(config: TrainConfig, root: Path) -> DataLoader:
@@ -121,8 +121,8 @@ def logging_overhead(config: TrainConfig, epochs: int, pairs: int) -> dict:
     import mlflow
     from conftest import start_mlflow_server, stop_mlflow_server
 
-    from umx_tune import tracking
-    from umx_tune.experiment import _epoch_metrics
+    from umx_tune.pipeline import _epoch_metrics
+    from umx_tune.tracking.runs import RunTracker, start_run
 
     server = start_mlflow_server(Path(tempfile.mkdtemp(prefix="umx-bench-mlflow-")))
     os.environ["MLFLOW_TRACKING_URI"] = server.uri
@@ -138,9 +138,9 @@ def logging_overhead(config: TrainConfig, epochs: int, pairs: int) -> dict:
             if mode == "off":
                 result = trainer.fit()
             else:
-                with tracking.start_run(experiment="bench-logging") as tracker:
+                with start_run(experiment="bench-logging") as tracker:
 
-                    def log(epoch: EpochResult, tracker: tracking.RunTracker = tracker) -> None:
+                    def log(epoch: EpochResult, tracker: RunTracker = tracker) -> None:
                         start = time.perf_counter()
                         tracker.log_metrics(_epoch_metrics(epoch), step=epoch.epoch)
                         call_seconds.append(time.perf_counter() - start)

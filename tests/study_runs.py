@@ -2,7 +2,7 @@
 
 The runs look like `umx-tune optimize` leaves them: a parent run tagged with the study name and
 nested trial runs with every TrainConfig param, per-epoch losses (step = epoch), timing, scores and
-the study/trial/grid-entry tags. The numbers are the original study's (STUDY.md), so the report's
+the study/trial/grid-entry tags. The numbers are the original study's (docs/study.md), so the report's
 tables can be compared with known values.
 """
 
@@ -49,7 +49,7 @@ def _scores(sdr: float, sir: float, isr: float, sar: float, rtf: float) -> dict[
 
 
 def study_trials() -> list[Trial]:
-    """The grid of STUDY.md (trial numbers in the order a worker might have run them), a causal
+    """The grid of docs/study.md (trial numbers in the order a worker might have run them), a causal
     search trial with real-time numbers, a trial that has only just started and a pruned one."""
     trials = [
         _grid_trial(2, "open-unmix", (8, 256, 16, 1), 9.536),

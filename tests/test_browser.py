@@ -17,7 +17,9 @@ from conftest import REPO, MlflowServer
 from mlflow.tracking import MlflowClient
 from study_runs import write_study
 
-from umx_tune import report, tracking
+from umx_tune import tracking
+from umx_tune.report import note as report_note
+from umx_tune.report import runs as report_runs
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +112,7 @@ def test_experiment_page_compares_trials_by_name_with_sdr(
 ) -> None:
     experiment_id, ids, client = study
     # the link `umx-tune report --study` prints
-    url = report.ui_url(report.Report(STUDY, [], study=STUDY, experiment_id=experiment_id))
+    url = report_note.ui_url(report_runs.Report(STUDY, [], study=STUDY, experiment_id=experiment_id))
     assert url is not None and url.startswith(tracking_uri)
     page.goto(url)
     page.get_by_role("link", name=STUDY, exact=True).wait_for()
@@ -154,7 +156,7 @@ def test_parent_run_page_shows_the_description(
 ) -> None:
     experiment_id, ids, client = study
     parent_id = client.get_run(ids["open-unmix"]).data.tags[tracking.TAG_PARENT_RUN]
-    report.describe_study(parent_id)  # what optimize calls when the study ends
+    report_note.describe_study(parent_id)  # what optimize calls when the study ends
     page.goto(f"{tracking_uri}/#/experiments/{experiment_id}/runs/{parent_id}")
     # the description is markdown; MLflow renders its tables as HTML tables
     cell = page.locator("table td", has_text="1.934").first

@@ -1,4 +1,4 @@
-"""umx_tune.bsseval against museval 0.4.1, computed here on deterministic audio-like signals.
+"""umx_tune.evaluation.bsseval against museval 0.4.1, computed here on deterministic audio-like signals.
 
 Every finite score must agree with museval's to 1e-6 dB, and NaN (and inf) must fall exactly where
 museval's do. The signals are tones with vibrato plus coloured noise, each channel with its own
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from scipy.signal import butter, lfilter
 
-from umx_tune import bsseval
 from umx_tune.errors import EvaluationError, UmxTuneError
+from umx_tune.evaluation import bsseval
 
 RATE = 44100
 TOLERANCE_DB = 1e-6

@@ -14,7 +14,7 @@ import soundfile as sf
 from conftest import REPO, TINY, VENV_BIN, MainResult, cli_env, run_cli, run_main
 from mlflow.tracking import MlflowClient
 
-from umx_tune.cli_options import option_name
+from umx_tune.cli.options import option_name
 from umx_tune.config import TrainConfig
 
 TINY_ARGS = [arg for name, value in TINY.items() for arg in (option_name(name), str(value))]

@@ -7,7 +7,7 @@ import yaml
 from conftest import REPO
 
 from umx_tune.cli import cli
-from umx_tune.cli_options import option_name
+from umx_tune.cli.options import option_name
 from umx_tune.config import MODEL_SHAPING, TrainConfig, param_fields
 from umx_tune.errors import ConfigError
 

@@ -1,7 +1,7 @@
 """The compose deployment without Docker: what docker/compose.yaml runs, run as plain processes.
 
 A real PostgreSQL (Debian's `postgresql`, as an unprivileged user, on 127.0.0.1) initialised by
-docker/postgres-init.sh; the `mlflow` service's command (`python -m umx_tune.deploy mlflow-server`:
+docker/postgres-init.sh; the `mlflow` service's command (`umx-tune deploy mlflow-server`:
 basic auth, PostgreSQL backend store, the workers' account); three `umx-tune optimize` workers
 sharing one grid study through the `optuna` database, as `docker compose up --scale worker=3`.
 """
@@ -22,7 +22,7 @@ import pytest
 import yaml
 from conftest import REPO, TINY, cli_env, free_port, run_cli, wait_for_health
 
-from umx_tune.cli_options import option_name
+from umx_tune.cli.options import option_name
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +165,7 @@ def deployment(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> 
         UMX_TUNE_WORKER_USERNAME=WORKER[0],
         UMX_TUNE_WORKER_PASSWORD=WORKER[1],
     )
-    command = ["python", "-m", "umx_tune.deploy", "mlflow-server", "--host", "127.0.0.1", "--port", str(port)]
+    command = ["umx-tune", "deploy", "mlflow-server", "--host", "127.0.0.1", "--port", str(port)]
     log = open(root / "server.log", "ab")  # noqa: SIM115  (closed with the process)
     process = subprocess.Popen(
         [*command, "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env
@@ -287,7 +287,7 @@ def test_storage_proxy_serves_the_study_storage(postgres: Postgres, tmp_path: Pa
 
     port = free_port()
     url = postgres.url("optuna", OPTUNA_DB_PASSWORD, "optuna")
-    command = ["python", "-m", "umx_tune.deploy", "storage-proxy", "--host", "127.0.0.1", "--port", str(port)]
+    command = ["umx-tune", "deploy", "storage-proxy", "--host", "127.0.0.1", "--port", str(port)]
     log = open(tmp_path / "proxy.log", "ab")  # noqa: SIM115  (closed with the process)
     proxy = subprocess.Popen(
         command, stdout=log, stderr=subprocess.STDOUT, env=cli_env(UMX_TUNE_PROXY_STORAGE=url)

@@ -23,7 +23,7 @@ from test_search_plans import GRID_KEYS, STUDY_GRID
 
 from umx_tune import tracking
 from umx_tune.cli import main
-from umx_tune.cli_options import option_name
+from umx_tune.cli.options import option_name
 from umx_tune.config import TrainConfig
 from umx_tune.search.plans import GRID_ENTRY_ATTR
 from umx_tune.search.worker import REASON_ATTR

@@ -14,7 +14,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from umx_tune import tracking
-from umx_tune.cli_options import option_name
+from umx_tune.cli.options import option_name
 from umx_tune.search import mirror, objectives
 
 

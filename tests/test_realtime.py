@@ -15,10 +15,12 @@ import soundfile as sf
 import torch
 from conftest import TINY, MlflowServer, run_cli
 
-from umx_tune import realtime, tracking
+from umx_tune import tracking
 from umx_tune.config import SAMPLE_RATE, TrainConfig
 from umx_tune.errors import ModelError
-from umx_tune.model import build_separator, build_unmix
+from umx_tune.separation import speed
+from umx_tune.separation.model import build_separator, build_unmix
+from umx_tune.tracking.runs import start_run
 
 # a tiny untrained model's shape, as `realtime` options
 SHAPE_ARGS = ("--hidden-size", "8", "--nfft", "512", "--nhop", "128", "--device", "cpu")
@@ -56,7 +58,7 @@ def logged_models(mlflow_server: MlflowServer) -> Iterator[dict[str, str]]:
     mlflow.set_tracking_uri(mlflow_server.uri)
     ids = {}
     for name in ("uni", "bi"):
-        with tracking.start_run(experiment="test-realtime", run_name=name) as tracker:
+        with start_run(experiment="test-realtime", run_name=name) as tracker:
             tracker.log_model(tiny_separator(name == "uni"))
             ids[name] = tracker.run_id
     mlflow.set_tracking_uri(None)
@@ -66,7 +68,7 @@ def logged_models(mlflow_server: MlflowServer) -> Iterator[dict[str, str]]:
 def test_measure_reports_offline_and_streaming_speed() -> None:
     separator = tiny_separator(unidirectional=True)
     clip = np.random.default_rng(0).standard_normal((2, SAMPLE_RATE // 2)).astype(np.float32)
-    m = realtime.measure(separator, [clip], torch.device("cpu"), threads=1, block=512)
+    m = speed.measure(separator, [clip], torch.device("cpu"), threads=1, block=512)
     assert (m.device, m.threads, m.audio_seconds) == ("cpu", 1, 0.5)
     assert m.rtf > 0 and m.stream is not None
     assert m.stream.block == 512 and m.stream.precision == "float32" and m.stream.rtf > 0
@@ -78,9 +80,9 @@ def test_measure_reports_offline_and_streaming_speed() -> None:
 def test_bidirectional_model_measures_offline_only_unless_streaming_is_asked() -> None:
     separator = tiny_separator(unidirectional=False)
     clip = np.zeros((2, SAMPLE_RATE // 4), np.float32)
-    assert realtime.measure(separator, [clip], torch.device("cpu"), threads=1).stream is None
+    assert speed.measure(separator, [clip], torch.device("cpu"), threads=1).stream is None
     with pytest.raises(ModelError, match="bidirectional"):
-        realtime.measure(separator, [clip], torch.device("cpu"), threads=1, stream=True)
+        speed.measure(separator, [clip], torch.device("cpu"), threads=1, stream=True)
 
 
 def test_flops_count_every_weight_once_per_frame() -> None:
@@ -88,9 +90,9 @@ def test_flops_count_every_weight_once_per_frame() -> None:
     hidden, bins, max_bin, nfft = 16, 513, 372, 1024
     weights = 2 * max_bin * hidden + 3 * 2 * 4 * hidden * hidden + 2 * hidden * hidden + hidden * 2 * bins
     ffts = 2 * (1 + 2) * 2.5 * nfft * math.log2(nfft)  # per channel: 1 forward, 2 inverse (target, residual)
-    assert realtime.flops_per_frame(separator) == pytest.approx(2 * weights + ffts)
-    assert realtime.flops_per_audio_second(separator) == pytest.approx(
-        realtime.flops_per_frame(separator) * SAMPLE_RATE / 256
+    assert speed.flops_per_frame(separator) == pytest.approx(2 * weights + ffts)
+    assert speed.flops_per_audio_second(separator) == pytest.approx(
+        speed.flops_per_frame(separator) * SAMPLE_RATE / 256
     )
 
 
@@ -151,7 +153,7 @@ def test_streaming_metrics_name_a_precision_other_than_float32() -> None:
     separator = tiny_separator(unidirectional=True)
     clip = np.zeros((2, SAMPLE_RATE // 4), np.float32)
     for precision, name in (("float32", "rtf_streaming_cpu_1t"), ("float16", "rtf_streaming_float16_cpu_1t")):
-        m = realtime.measure(separator, [clip], torch.device("cpu"), threads=1, precision=precision)
+        m = speed.measure(separator, [clip], torch.device("cpu"), threads=1, precision=precision)
         metrics, _ = tracking.realtime_values(m, "_cpu_1t")
         assert set(metrics) == {"rtf_cpu_1t", name, "latency_ms_cpu_1t"} | {
             name.replace("rtf_streaming", quantile) for quantile in ("block_ms_median", "block_ms_p99")

@@ -20,8 +20,12 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from study_runs import write_study
 
-from umx_tune import report, report_command, tracking
+from umx_tune import tracking
 from umx_tune.cli import main
+from umx_tune.report import figures as report_figures
+from umx_tune.report import note as report_note
+from umx_tune.report import runs as report_runs
+from umx_tune.report import tables as report_tables
 
 STUDY = "grid-tiny"
 EXPERIMENT = "report-tests"
@@ -115,13 +119,13 @@ def test_markdown_training_table_matches_mlflow(study: Study, cli_report: str) -
             (tracking.VALID_LOSS, "final valid loss"),
         ):
             value = metric(run, key)
-            expected = report.MISSING if value is None else format(value, ".4g")
+            expected = report_tables.MISSING if value is None else format(value, ".4g")
             assert row[header] == expected, (name, header)
     # the original study's training times, as h:mm:ss
     times = {name: row["training time"] for name, row in training.items()}
     assert times["open-unmix"] == "0:07:50"
     assert times["open-unmix5"] == "1:18:00"
-    assert times["trial-7"] == report.MISSING
+    assert times["trial-7"] == report_tables.MISSING
     assert training["open-unmix6"]["state"] == "FAIL"
     assert training["trial-7"]["state"] == "RUNNING"
 
@@ -137,14 +141,14 @@ def test_markdown_scores_table_matches_mlflow(study: Study, cli_report: str) -> 
         ):
             value, cell = metric(run, key), scores[name][key]
             if value is None:
-                assert cell == report.MISSING, (name, key)
+                assert cell == report_tables.MISSING, (name, key)
             else:
                 assert float(cell) == pytest.approx(value, abs=5e-4), (name, key)
     assert scores["open-unmix3"]["SDR"] == "1.934"
     assert scores["open-unmix5"]["ISR"] == "9.272"
     # trained but never evaluated (the original's open-unmix6): its scores are marked, not dropped
-    assert scores["open-unmix6"]["SDR"] == report.MISSING
-    assert report.MISSING_NOTE in cli_report
+    assert scores["open-unmix6"]["SDR"] == report_tables.MISSING
+    assert report_tables.MISSING_NOTE in cli_report
 
 
 def test_csv_parses_and_holds_exact_values(study: Study, capsys: Capture, tracking_uri: str) -> None:
@@ -214,7 +218,7 @@ def test_html_has_both_tables(study: Study, capsys: Capture, tracking_uri: str) 
     assert list(training) == list(scores) == ORDER
     assert training["open-unmix5"]["training time"] == "1:18:00"
     assert scores["open-unmix2"]["SDR"] == "2.746"
-    assert scores["open-unmix6"]["SDR"] == report.MISSING
+    assert scores["open-unmix6"]["SDR"] == report_tables.MISSING
 
 
 # ---- plots and the MLflow UI description ------------------------------------------------------
@@ -234,10 +238,13 @@ def check_png(path: Path) -> None:
 
 def test_plots_are_logged_to_the_parent_run(study: Study, cli_report: str, tmp_path: Path) -> None:
     artifacts = {
-        Path(a.path).name for a in study.client.list_artifacts(study.parent_id, report.PLOTS_ARTIFACT_PATH)
+        Path(a.path).name
+        for a in study.client.list_artifacts(study.parent_id, report_figures.PLOTS_ARTIFACT_PATH)
     }
     assert artifacts == PLOTS
-    folder = Path(study.client.download_artifacts(study.parent_id, report.PLOTS_ARTIFACT_PATH, str(tmp_path)))
+    folder = Path(
+        study.client.download_artifacts(study.parent_id, report_figures.PLOTS_ARTIFACT_PATH, str(tmp_path))
+    )
     for name in PLOTS:
         check_png(folder / name)
 
@@ -265,18 +272,18 @@ def test_parent_run_description_holds_the_tables(cli_run: tuple[str, str]) -> No
 
 
 def test_describe_study_is_callable_at_study_end(study: Study, tracking_uri: str) -> None:
-    text = report.describe_study(study.parent_id)
+    text = report_note.describe_study(study.parent_id)
     assert study.client.get_run(study.parent_id).data.tags[tracking.TAG_NOTE] == text
     assert list(markdown_tables(text)[0]) == ORDER
 
 
 def test_note_fits_mlflow_tag_limit() -> None:
     rows = [
-        report.RunRow(f"{i:032x}", f"trial-{i}", "COMPLETE", {"batch_size": 16}, {"SDR": 1.0})
+        report_runs.RunRow(f"{i:032x}", f"trial-{i}", "COMPLETE", {"batch_size": 16}, {"SDR": 1.0})
         for i in range(400)
     ]
-    text = report.note(report.Report("study big", rows, study="big"))
-    assert len(text) <= report.NOTE_LIMIT
+    text = report_note.note(report_runs.Report("study big", rows, study="big"))
+    assert len(text) <= report_note.NOTE_LIMIT
     scores, training = markdown_tables(text)
     shown = len(training)
     assert 10 < shown < 400 and len(scores) == shown
@@ -286,7 +293,7 @@ def test_note_fits_mlflow_tag_limit() -> None:
         len(f"| trial-{shown} |") + len(" | ".join(row.values())) + 4
         for row in (scores["trial-0"], training["trial-0"])
     )
-    assert len(text) + line_pair > report.NOTE_LIMIT
+    assert len(text) + line_pair > report_note.NOTE_LIMIT
 
 
 # ---- other sources ---------------------------------------------------------------------------
@@ -380,7 +387,3 @@ def test_server_down(capsys: Capture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     code, _, err = in_process(capsys, "report", "--study", STUDY)
     assert_one_line_error(code, err, "does not answer")
-
-
-def test_formats_in_step() -> None:
-    assert report_command.FORMATS == report.FORMATS

@@ -12,13 +12,13 @@ from conftest import REPO
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from umx_tune.cli_options import option_name
+from umx_tune.cli.options import option_name
 from umx_tune.config import TrainConfig, param_fields
 from umx_tune.errors import ConfigError
 from umx_tune.search import choices, objectives, plans, show, storage
 from umx_tune.search.settings import Request
 
-# the study grid of STUDY.md: name -> (batch_size, nb_workers, hidden_size, samples_per_track, epochs)
+# the study grid of docs/study.md: name -> (batch_size, nb_workers, hidden_size, samples_per_track, epochs)
 STUDY_GRID = {
     "open-unmix": (8, 4, 256, 16, 1),
     "open-unmix2": (4, 4, 256, 16, 1),
@@ -236,7 +236,7 @@ def test_sqlite_claims_are_atomic_across_processes(tmp_path: Path) -> None:
 def test_mlproject_optimize_entry_point_has_every_option() -> None:
     project = yaml.safe_load((REPO / "MLproject").read_text())
     entry = project["entry_points"]["optimize"]
-    from umx_tune.search.command import optimize as command
+    from umx_tune.cli.optimize import optimize as command
 
     # `mlflow run --experiment-name` chooses the experiment (the study adopts the project's run);
     # output, printing and process-placement options are for the command line

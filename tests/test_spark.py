@@ -12,7 +12,7 @@ from conftest import TINY, run_cli
 from mlflow.tracking import MlflowClient
 
 from umx_tune import tracking
-from umx_tune.cli_options import option_name
+from umx_tune.cli.options import option_name
 
 BASE_ARGS = [
     arg

@@ -22,9 +22,9 @@ from openunmix.model import Separator
 
 from umx_tune.config import SAMPLE_RATE, TrainConfig
 from umx_tune.errors import ConfigError, ModelError
-from umx_tune.model import build_separator, build_unmix
-from umx_tune.streaming import StreamingSeparator, check_block, stream_separate
-from umx_tune.streaming_net import check_precision
+from umx_tune.separation.model import build_separator, build_unmix
+from umx_tune.separation.streaming import StreamingSeparator, check_block, stream_separate
+from umx_tune.separation.streaming_net import check_precision
 
 TOLERANCE = 1e-5  # of the reference's peak; float32 rounding gives ~2e-7
 FLOAT16_TOLERANCE = 2e-4  # of the reference's peak, for float16 weights

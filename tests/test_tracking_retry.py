@@ -11,6 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request, verify_rest_response
 
 from umx_tune import tracking
+from umx_tune.tracking.retry import CUT_CONNECTION_RETRIES, survives_cut_connections
 
 BODY = b'{"ok": true}'
 
@@ -49,7 +50,7 @@ def test_an_answer_cut_midway_is_asked_again(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
     url = serve([answer("200 OK", BODY[:3], length=len(BODY)), answer("200 OK", BODY)])
     calls: list[int] = []
-    assert tracking.survives_cut_connections(get)(url, calls) == BODY.decode()
+    assert survives_cut_connections(get)(url, calls) == BODY.decode()
     assert len(calls) == 2
 
 
@@ -64,15 +65,15 @@ def test_an_error_answer_is_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> 
         verify_rest_response(response, "/api/2.0/mlflow/runs/get")
 
     with pytest.raises(MlflowException, match="no"):
-        tracking.survives_cut_connections(get_verified)(url, calls)
+        survives_cut_connections(get_verified)(url, calls)
     assert len(calls) == 1
 
 
 def test_a_cut_that_lasts_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
     cut = answer("200 OK", BODY[:3], length=len(BODY))
-    url = serve([cut] * tracking.CUT_CONNECTION_RETRIES)
+    url = serve([cut] * CUT_CONNECTION_RETRIES)
     calls: list[int] = []
     with pytest.raises(MlflowException, match="IncompleteRead|Connection broken"):
-        tracking.survives_cut_connections(get)(url, calls)
-    assert len(calls) == tracking.CUT_CONNECTION_RETRIES
+        survives_cut_connections(get)(url, calls)
+    assert len(calls) == CUT_CONNECTION_RETRIES

@@ -11,7 +11,7 @@ import torch
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import open_dataset
 from umx_tune.errors import ModelError
-from umx_tune.train import EpochResult, Trainer, TrainingDiverged, load_checkpoint
+from umx_tune.training.trainer import EpochResult, Trainer, TrainingDiverged, load_checkpoint
 
 
 def _fit(config: TrainConfig, folder: Path, resume: bool = False) -> list[EpochResult]:

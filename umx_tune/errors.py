@@ -29,5 +29,19 @@ class OfflineError(UmxTuneError):
     """Something needs the internet and the machine has none."""
 
 
+class ReportError(UmxTuneError):
+    """Nothing can be reported: the study, experiment or run does not exist or holds no runs."""
+
+
 class EvaluationError(UmxTuneError, ValueError):
     """Audio that BSSEval cannot score: mismatched shapes, silent or non-finite signals."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when the message is empty).
+
+    Also the `reason` of a URLError, whose own message wraps it.
+    """
+    reason = getattr(err, "reason", None)
+    text = str(reason if isinstance(reason, BaseException | str) else err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -10,12 +10,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from umx_tune import tracking
 from umx_tune.errors import UmxTuneError
 from umx_tune.search import choices, mirror, storage, worker
 from umx_tune.search.settings import Request
 from umx_tune.search.setup import StudyContext, open_study
 from umx_tune.search.trial import TrialOptions
+from umx_tune.tracking.server import check_server, tracking_uri
 
 
 class StudyFailed(UmxTuneError):
@@ -52,9 +52,9 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
     """Create or join the study, run trials until it is done, and conclude it if this worker is last."""
     # --timeout counts from the start of the command, as Optuna's counts from optimize()
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
-    tracking.check_server()  # fail fast, before any storage or study is made
+    check_server()  # fail fast, before any storage or study is made
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # umx-tune reports trials itself
-    url = options.storage_url or storage.default_url(tracking.tracking_uri())
+    url = options.storage_url or storage.default_url(tracking_uri())
     heartbeat = storage.HeartbeatSettings.every(options.heartbeat_interval)
     raw = storage.open_storage(url, heartbeat, worker.on_stale_trial)
     with mirror.tracking_errors("to set up the study"):

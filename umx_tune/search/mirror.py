@@ -1,6 +1,6 @@
 """The study's MLflow mirror: the parent run, each trial's tags and state, the summary at the end.
 
-Trial runs themselves are started by `tracking.start_run` inside the one pipeline (trial.py); this
+Trial runs themselves are started by `start_run` inside the one pipeline (trial.py); this
 module writes what happens around them through MlflowClient, so that finished runs stay finished and
 runs of other (dead) workers can be marked. Every name it writes comes from umx_tune.tracking.
 """
@@ -24,10 +24,11 @@ from optuna.distributions import distribution_to_json
 from optuna.trial import FrozenTrial, TrialState
 
 from umx_tune import tracking
-from umx_tune.errors import TrackingError
+from umx_tune.errors import TrackingError, first_line
 from umx_tune.search.objectives import Objective
 from umx_tune.search.settings import StudySettings
 from umx_tune.search.study_plots import write_study_plots
+from umx_tune.tracking.runs import artifact_tempdir, version_tags
 
 RUN_ID_ATTR = "mlflow_run_id"  # Optuna user attr: the trial's MLflow run
 MODEL_URI_ATTR = "model_uri"  # Optuna user attr: the model the trial's run logged
@@ -39,7 +40,7 @@ def tracking_errors(doing: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as err:
-        text = _first_line(err)
+        text = first_line(err)
         if "401" in text or "not authenticated" in text.lower() or "403" in text:
             text = (
                 "the server rejected the credentials (MLFLOW_TRACKING_USERNAME / "
@@ -66,7 +67,7 @@ def experiment_id(name: str) -> str:
             raise TrackingError(f"MLflow experiment {name!r} cannot be created")
         return found.experiment_id
     except MlflowException as err:
-        raise TrackingError(f"MLflow refused experiment {name!r}: {_first_line(err)}") from None
+        raise TrackingError(f"MLflow refused experiment {name!r}: {first_line(err)}") from None
 
 
 def experiment_of(run_id: str) -> str:
@@ -102,7 +103,7 @@ def create_parent(settings: StudySettings, storage: str, adopt: str | None) -> s
         tracking.TAG_OBJECTIVE: settings.objective,
         tracking.TAG_SAMPLER: settings.sampler,
         tracking.TAG_PRUNER: settings.pruner,
-        **tracking.version_tags(),
+        **version_tags(),
     }
     if adopt:
         run_id = adopt
@@ -186,7 +187,7 @@ def finalize(parent_run_id: str, study: optuna.Study, objective: Objective, stat
         tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()],
         metrics=[mlflow.entities.Metric(k, v, _now_ms(), 0) for k, v in metrics.items()],
     )
-    with tracking.artifact_tempdir() as tmp:
+    with artifact_tempdir() as tmp:
         folder = Path(tmp)
         for png in write_study_plots(study, folder):
             client.log_artifact(parent_run_id, str(png), "plots")
@@ -249,7 +250,7 @@ def register_best(parent_run_id: str, best: FrozenTrial, name: str) -> str:
                 return f"{name}/{existing.version}"
         version = mlflow.register_model(model_uri, name)
     except MlflowException as err:
-        raise TrackingError(f"cannot register the best model as {name!r}: {_first_line(err)}") from None
+        raise TrackingError(f"cannot register the best model as {name!r}: {first_line(err)}") from None
     label = f"{name}/{version.version}"
     client.set_tag(parent_run_id, tracking.TAG_REGISTERED_MODEL, label)
     return label
@@ -276,11 +277,6 @@ def _now_ms() -> int:
 
 def _quote(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def pop_project_run() -> str | None:

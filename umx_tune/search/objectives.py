@@ -16,8 +16,8 @@ from umx_tune import tracking
 from umx_tune.errors import ConfigError
 
 if TYPE_CHECKING:  # the CLI imports this registry; torch is only needed once a trial runs
-    from umx_tune.experiment import ExperimentResult
-    from umx_tune.train import EpochResult
+    from umx_tune.pipeline import ExperimentResult
+    from umx_tune.training.trainer import EpochResult
 
 
 @dataclass(frozen=True)

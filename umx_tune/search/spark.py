@@ -20,9 +20,9 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
-from umx_tune import tracking
-from umx_tune.errors import ConfigError, UmxTuneError
+from umx_tune.errors import ConfigError, UmxTuneError, first_line
 from umx_tune.search.settings import Request
+from umx_tune.tracking.server import check_server, tracking_uri
 
 # the environment a task needs to reach the tracking server and umx-tune's cache
 FORWARDED_ENV = (
@@ -47,11 +47,11 @@ def run_on_spark(request: Request, options: Any, master: str | None, workers: in
     from umx_tune.search import storage
 
     _require_pyspark()
-    tracking.check_server()  # fail here, not once per task after Spark has started
+    check_server()  # fail here, not once per task after Spark has started
     master = master or default_master(workers)
-    tracking_uri = _absolute_tracking_uri(tracking.tracking_uri())
+    uri = _absolute_tracking_uri(tracking_uri())
     # decided once here, so that no task derives a storage of its own from where it runs
-    storage_url = options.storage_url or storage.default_url(tracking_uri)
+    storage_url = options.storage_url or storage.default_url(uri)
     if not master.startswith("local") and storage_url.startswith("sqlite:"):
         raise ConfigError(
             f"--backend spark on {master} needs a --storage every executor shares "
@@ -62,7 +62,7 @@ def run_on_spark(request: Request, options: Any, master: str | None, workers: in
         options, storage_url=storage_url, checkpoint_root=options.checkpoint_root.resolve()
     )
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["MLFLOW_TRACKING_URI"] = uri
     task = _Task(request, options, env)
     try:
         results = session.sparkContext.parallelize(range(workers), workers).map(task).collect()
@@ -135,7 +135,7 @@ def _start_spark(master: str, name: str) -> Any:
             .getOrCreate()
         )
     except Exception as err:  # Spark's errors for a bad master URL or a missing Java
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ConfigError(
             f"cannot start Spark on {master!r} (Java 17+ on PATH or JAVA_HOME?): {first}"
         ) from None

@@ -30,7 +30,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial
 
-from umx_tune.errors import ConfigError
+from umx_tune.errors import ConfigError, first_line
 from umx_tune.paths import cache_root
 
 STORAGE_ENV = "UMX_TUNE_STORAGE"
@@ -96,10 +96,10 @@ def open_storage(url: str, heartbeat: HeartbeatSettings, on_stale: StaleCallback
                 return _sqlite(url, kwargs)
             return _server_rdb(url, kwargs)
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
-        raise ConfigError(f"cannot open Optuna storage {masked(url)}: {_first_line(err)}") from None
+        raise ConfigError(f"cannot open Optuna storage {masked(url)}: {first_line(err)}") from None
     except Exception as err:  # sqlalchemy's errors for unreachable databases
         if type(err).__module__.startswith("sqlalchemy"):
-            raise ConfigError(f"cannot open Optuna storage {masked(url)}: {_first_line(err)}") from None
+            raise ConfigError(f"cannot open Optuna storage {masked(url)}: {first_line(err)}") from None
         raise
 
 
@@ -183,8 +183,3 @@ def _grpc(url: str) -> BaseStorage:
         file=sys.stderr,
     )
     return storage
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

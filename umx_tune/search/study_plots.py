@@ -12,7 +12,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.visualization import matplotlib as ovm
 
-import umx_tune.plots  # noqa: F401  (selects matplotlib's headless backend first)
+import umx_tune.report.plots  # noqa: F401  (selects matplotlib's headless backend first)
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,13 @@ from pathlib import Path
 import optuna
 
 from umx_tune import tracking
-from umx_tune.experiment import run_experiment
+from umx_tune.pipeline import run_experiment
 from umx_tune.search import mirror
 from umx_tune.search.objectives import Objective
 from umx_tune.search.plans import GRID_ENTRY_ATTR
 from umx_tune.search.setup import StudyContext
-from umx_tune.train import EpochCallback, EpochResult
+from umx_tune.tracking.runs import RunTracker, start_run
+from umx_tune.training.trainer import EpochCallback, EpochResult
 
 
 class Pruned(optuna.TrialPruned):
@@ -46,7 +47,7 @@ def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> 
     Raises Pruned (the run ends KILLED), or whatever failed (the run ends FAILED with the reason).
     """
     entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
-    with tracking.start_run(
+    with start_run(
         experiment=ctx.settings.experiment,
         run_name=run_name(ctx, trial),
         parent_run_id=ctx.parent_run_id,
@@ -71,7 +72,7 @@ def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> 
     return values
 
 
-def _reporter(trial: optuna.Trial, tracker: tracking.RunTracker, objective: Objective) -> EpochCallback:
+def _reporter(trial: optuna.Trial, tracker: RunTracker, objective: Objective) -> EpochCallback:
     """The per-epoch callback: report to Optuna, mirror the report, prune when Optuna says so."""
 
     def on_epoch(epoch: EpochResult) -> None:

@@ -24,7 +24,7 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from umx_tune.errors import UmxTuneError
+from umx_tune.errors import UmxTuneError, first_line
 from umx_tune.search import mirror
 from umx_tune.search.plans import GRID_ENTRY_ATTR
 from umx_tune.search.setup import StudyContext
@@ -101,7 +101,7 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
         requeue(study, ctx.storage.get_trial(trial._trial_id))
         raise
     except Exception as err:  # the trial failed; the study goes on
-        state, told, reason = TrialState.FAIL, None, f"{type(err).__name__}: {_first_line(err)}"
+        state, told, reason = TrialState.FAIL, None, f"{type(err).__name__}: {first_line(err)}"
         if not isinstance(err, UmxTuneError):  # not a user error: the traceback helps find the bug
             traceback.print_exc(file=sys.stderr)
     final = _finish(ctx, study, trial, state, told, reason, attrs)
@@ -187,8 +187,3 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=30)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

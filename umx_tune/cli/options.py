@@ -78,3 +78,8 @@ precision_option = click.option(
     help="streaming weights: float32 (equal to offline separation) or float16 (CPU; half the bytes "
     "each frame reads, within 2e-4 of the output's peak)",
 )
+
+QUIET = click.option("--quiet", is_flag=True, help="no progress output")
+EXPERIMENT = click.option(
+    "--experiment", default="umx-tune", show_default=True, help="MLflow experiment name"
+)

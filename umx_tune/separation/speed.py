@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,15 +25,15 @@ from openunmix.model import Separator
 from umx_tune.config import SAMPLE_RATE
 from umx_tune.data.dataset import Track
 from umx_tune.errors import ConfigError
-from umx_tune.separation import separate
-from umx_tune.streaming import (
+from umx_tune.separation.offline import separate
+from umx_tune.separation.streaming import (
     check_block,
     check_streamable,
     delay_samples,
     latency_ms,
     stream_separate,
 )
-from umx_tune.streaming_net import check_precision
+from umx_tune.separation.streaming_net import check_precision
 
 # The pipeline's probe separates this much of the test tracks: enough for a stable number, cheap
 # next to training and evaluation.
@@ -345,3 +346,14 @@ def model_shape(separator: Separator) -> dict[str, object]:
         "nb_channels": nb_model_channels(separator),
         "niter_offline": int(separator.niter),
     }
+
+
+def measurement_audio(path: Path | None, seconds: float, nb_channels: int) -> np.ndarray:
+    """(nb_channels, nb_samples) float32: the file's first `seconds`, or seeded noise that long."""
+    if path is None:
+        # Speed does not depend on the signal's content; noise makes the run reproducible anywhere.
+        noise = np.random.default_rng(0).standard_normal((nb_channels, int(seconds * SAMPLE_RATE)))
+        return (0.1 * noise).astype(np.float32)
+    from umx_tune.data.audio import read_audio
+
+    return read_audio(path, nb_channels)[:, : int(seconds * SAMPLE_RATE)]

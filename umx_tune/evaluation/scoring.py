@@ -24,7 +24,7 @@ from openunmix import model as umx_model
 
 from umx_tune.config import SAMPLE_RATE
 from umx_tune.data.dataset import Track
-from umx_tune.separation import residual_name, separate
+from umx_tune.separation.offline import residual_name, separate
 
 T = TypeVar("T")
 
@@ -94,7 +94,7 @@ def _scoring_pool(workers: int) -> Executor:
 
 def score_track(track: Track, target: str, estimates: dict[str, np.ndarray], evaluator: str) -> str:
     """BSSEval v4 of one track's target and residual; museval's TrackStore JSON."""
-    from umx_tune.bsseval import eval_track
+    from umx_tune.evaluation.bsseval import eval_track
 
     residual = residual_name(target)
     references = {target: track.read(target).T, residual: track.residual(target).T}

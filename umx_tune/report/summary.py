@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import TYPE_CHECKING
 
 import click
 
 from umx_tune import tracking
+from umx_tune.report.tables import hms
+from umx_tune.tracking.server import tracking_uri
 
-if TYPE_CHECKING:  # the summary module stays light: `report` imports hms from here
-    from umx_tune.experiment import ExperimentResult
-
-
-def hms(seconds: float) -> str:
-    """Seconds as h:mm:ss."""
-    return str(datetime.timedelta(seconds=round(seconds)))
+if TYPE_CHECKING:
+    from umx_tune.pipeline import ExperimentResult
 
 
 def print_summary(result: ExperimentResult) -> None:
     """Print the run's outcome to stdout."""
     state = result.state
     lines = [
-        f"run {result.run_id} finished (tracking: {tracking.tracking_uri()})",
+        f"run {result.run_id} finished (tracking: {tracking_uri()})",
         f"  epochs {state.epoch}, training time {hms(result.train_seconds)}, "
         f"evaluation time {hms(result.evaluation.seconds)}",
         f"  final train_loss {state.train_losses[-1]:.4f}, valid_loss {state.valid_losses[-1]:.4f} "
@@ -46,7 +42,7 @@ def score_lines(scores: dict[str, dict[str, float]]) -> list[str]:
 
 def ui_hint() -> str:
     """How to open the MLflow UI on this run's tracking store."""
-    uri = tracking.tracking_uri()
+    uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         return f"open {uri} in a browser"
     return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"

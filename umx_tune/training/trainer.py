@@ -1,6 +1,6 @@
 """The training loop: Open-Unmix's training semantics in pure PyTorch, reporting through callbacks.
 
-No MLflow here: the per-epoch callback (umx_tune.experiment) logs and reports to Optuna.
+No MLflow here: the per-epoch callback (umx_tune.pipeline) logs and reports to Optuna.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import DatasetSplits, FullTracks, TrainChunks
 from umx_tune.errors import ModelError, UmxTuneError
-from umx_tune.model import build_encoder, build_unmix
+from umx_tune.separation.model import build_encoder, build_unmix
+from umx_tune.training.checkpoint import load_checkpoint
 
 
 class TrainingDiverged(UmxTuneError):
@@ -262,13 +263,3 @@ class Trainer:
         scheduler.load_state_dict(payload["scheduler"])
         torch.set_rng_state(payload["torch_rng"])
         return unmix, optimizer, scheduler, TrainState(**json.loads(payload["state"])), payload["best_model"]
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint written by Trainer, loaded with weights_only=True."""
-    if not path.is_file():
-        raise ModelError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt files
-        raise ModelError(f"cannot load checkpoint {path}: {err}") from None

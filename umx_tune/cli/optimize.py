@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from umx_tune.cli_options import checkpoint_dir_option, config_options, pop_config_values
+from umx_tune.cli.options import checkpoint_dir_option, config_options, pop_config_values
 from umx_tune.config import TrainConfig
 from umx_tune.errors import ConfigError
 from umx_tune.search import choices, objectives, plans, show

@@ -34,12 +34,13 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from openunmix.model import Separator
 from torch import Tensor, nn
 
 from umx_tune.errors import ConfigError, ModelError
-from umx_tune.streaming_net import StreamingNet, check_precision
+from umx_tune.separation.streaming_net import StreamingNet, check_precision
 
 WIENER_EPS = 1e-10  # openunmix.filtering.wiener's default eps, for the softmask ratio
 
@@ -240,3 +241,13 @@ def stream_separate(
     # (nb_sources, nb_channels, total) -> drop the delay, keep the input's length
     estimates = torch.cat(outputs, -1)[..., streamer.delay : streamer.delay + nb_samples]
     return StreamResult(estimates, seconds, source_names(separator), cpu_seconds)
+
+
+def stream_estimates(
+    separator: Separator, audio: np.ndarray, block: int | None, device: torch.device, precision: str
+) -> dict[str, np.ndarray]:
+    """Streamed separation of (nb_channels, nb_samples), as `separate` returns it: {name: (nb_samples,
+    nb_channels)}."""
+    result = stream_separate(separator, torch.from_numpy(audio), block, device, precision)
+    # (nb_sources, nb_channels, nb_samples) -> per source (nb_samples, nb_channels), as soundfile writes
+    return {name: result.estimates[k].T.numpy() for k, name in enumerate(result.names)}

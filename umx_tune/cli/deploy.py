@@ -1,7 +1,7 @@
-"""The server roles of the docker deployment (docker/compose.yaml), as `python -m umx_tune.deploy`.
+"""The server roles of the docker deployment (docker/compose.yaml), as `umx-tune deploy ROLE`.
 
-    python -m umx_tune.deploy mlflow-server    # MLflow tracking server, basic auth, PostgreSQL
-    python -m umx_tune.deploy storage-proxy    # Optuna's gRPC proxy in front of the study storage
+    umx-tune deploy mlflow-server              # MLflow tracking server, basic auth, PostgreSQL
+    umx-tune deploy storage-proxy              # Optuna's gRPC proxy in front of the study storage
 
 Everything secret comes from the environment (compose fills it from docker/.env), nothing from the
 image. The deployment test (tests/test_deploy_postgres.py) starts the same commands with the same
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from umx_tune.errors import ConfigError, UmxTuneError
+from umx_tune.errors import ConfigError
 
 # variables the mlflow-server role reads (besides MLflow's own, listed in REQUIRED_FOR_MLFLOW)
 BACKEND_STORE_ENV = "MLFLOW_BACKEND_STORE_URI"
@@ -112,7 +112,7 @@ def mlflow_server_command(host: str, port: int, workers: int, env: Mapping[str, 
     ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group()
 def deploy() -> None:
     """Server roles of the docker deployment (docker/compose.yaml)."""
 
@@ -164,23 +164,3 @@ def storage_proxy(host: str, port: int) -> None:
         raise ConfigError(f"cannot open Optuna storage {PROXY_STORAGE_ENV}: {type(err).__name__}") from None
     click.echo(f"umx-tune: Optuna storage proxy on {host}:{port}", err=True)
     run_grpc_proxy_server(storage, host=host, port=port)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Run a role; a user error is one line on stderr and exit status 2."""
-    try:
-        deploy.main(args=argv, prog_name="python -m umx_tune.deploy", standalone_mode=False)
-    except click.exceptions.Exit as stop:
-        sys.exit(stop.exit_code)
-    except click.ClickException as err:
-        click.echo(f"umx-tune deploy: error: {err.format_message()}", err=True)
-        sys.exit(2)
-    except UmxTuneError as err:
-        click.echo(f"umx-tune deploy: error: {err}", err=True)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

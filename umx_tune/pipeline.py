@@ -12,14 +12,16 @@ from pathlib import Path
 import torch
 from openunmix.model import Separator
 
-from umx_tune import realtime, tracking
+from umx_tune import tracking
 from umx_tune.config import TrainConfig
-from umx_tune.data.dataset import DatasetSplits, open_dataset
-from umx_tune.evaluate import EvaluationResult, evaluate_tracks
-from umx_tune.model import build_separator, resolve_device
+from umx_tune.data.dataset import Track, open_dataset
+from umx_tune.evaluation.scoring import EvaluationResult, evaluate_tracks
 from umx_tune.paths import DEFAULT_CHECKPOINT_ROOT
-from umx_tune.plots import loss_curve_png
-from umx_tune.train import EpochCallback, EpochResult, Trainer, TrainState
+from umx_tune.report.plots import loss_curve_png
+from umx_tune.separation import speed
+from umx_tune.separation.model import build_separator, resolve_device
+from umx_tune.tracking.runs import RunTracker, artifact_tempdir
+from umx_tune.training.trainer import EpochCallback, EpochResult, Trainer, TrainState
 
 
 @dataclass
@@ -31,7 +33,7 @@ class ExperimentResult:
     state: TrainState
     evaluation: EvaluationResult
     model_uri: str
-    speed: realtime.Measurement | None = None  # the real-time probe
+    speed: speed.Measurement | None = None  # the real-time probe
 
     @property
     def train_seconds(self) -> float:
@@ -40,7 +42,7 @@ class ExperimentResult:
 
 def run_experiment(
     config: TrainConfig,
-    tracker: tracking.RunTracker,
+    tracker: RunTracker,
     on_epoch: EpochCallback | None = None,
     *,
     resume: bool = False,
@@ -69,12 +71,20 @@ def run_experiment(
     training = trainer.fit(after_epoch, resume=resume)
     _log_training(tracker, training.state)
     separator = build_separator(config, training.unmix.to(device))
-    evaluation = _evaluate(config, data, separator, device, tracker, progress)
-    speed = realtime.probe(separator, data.test, device)
-    tracker.log_realtime(speed)
-    tracker.log_artifact(trainer.checkpoint_path, "checkpoint")
+    evaluation = evaluate_and_log(
+        separator,
+        data.test,
+        config.target,
+        evaluator=config.evaluator,
+        device=device,
+        tracker=tracker,
+        progress=progress,
+    )
+    measurement = speed.probe(separator, data.test, device)
+    tracker.log_realtime(measurement)
+    tracker.log_artifact(trainer.checkpoint_path, tracking.CHECKPOINT_ARTIFACT_DIR)
     model_uri = tracker.log_model(separator.cpu())
-    return ExperimentResult(tracker.run_id, config, training.state, evaluation, model_uri, speed)
+    return ExperimentResult(tracker.run_id, config, training.state, evaluation, model_uri, measurement)
 
 
 def _epoch_metrics(result: EpochResult) -> dict[str, float]:
@@ -86,7 +96,7 @@ def _epoch_metrics(result: EpochResult) -> dict[str, float]:
     }
 
 
-def _log_training(tracker: tracking.RunTracker, state: TrainState) -> None:
+def _log_training(tracker: RunTracker, state: TrainState) -> None:
     seconds = sum(state.epoch_seconds)
     tracker.log_metrics(
         {
@@ -96,32 +106,29 @@ def _log_training(tracker: tracking.RunTracker, state: TrainState) -> None:
             tracking.EPOCHS_TRAINED: state.epoch,
         }
     )
-    with tracking.artifact_tempdir() as tmp:
+    with artifact_tempdir() as tmp:
         png = loss_curve_png(state.train_losses, state.valid_losses, Path(tmp) / "loss_curve.png")
         tracker.log_artifact(png, "plots")
 
 
-def _evaluate(
-    config: TrainConfig,
-    data: DatasetSplits,
+def evaluate_and_log(
     separator: Separator,
+    tracks: list[Track],
+    target: str,
+    *,
+    evaluator: str,
     device: torch.device,
-    tracker: tracking.RunTracker,
+    tracker: RunTracker,
     progress: bool,
 ) -> EvaluationResult:
-    """Score the test tracks; log per-estimate metrics, the target's plain SDR/SIR/ISR/SAR and JSONs."""
-    with tracking.artifact_tempdir() as tmp:
+    """Score the test tracks; log per-estimate metrics, the target's plain SDR/SIR/ISR/SAR and the
+    per-track JSONs (under eval/). The pipeline and `umx-tune evaluate` both end here."""
+    with artifact_tempdir() as tmp:
         evaluation = evaluate_tracks(
-            separator,
-            data.test,
-            config.target,
-            Path(tmp),
-            device=device,
-            evaluator=config.evaluator,
-            progress=progress,
+            separator, tracks, target, Path(tmp), device=device, evaluator=evaluator, progress=progress
         )
-        tracker.log_artifacts(Path(tmp), "eval")
-    tracker.log_scores(evaluation.scores, config.target, evaluation.seconds)
+        tracker.log_artifacts(Path(tmp), tracking.EVAL_ARTIFACT_DIR)
+    tracker.log_scores(evaluation.scores, target, evaluation.seconds)
     return evaluation
 
 

@@ -11,12 +11,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
-    from umx_tune.report import Report
+from umx_tune.report.tables import FORMATS
 
-# The keys of report.RENDERERS, spelled here so that `--help` need not import MLflow
-# (tests/test_report.py keeps the two in step).
-FORMATS = ("markdown", "csv", "json", "html")
+if TYPE_CHECKING:
+    from umx_tune.report.runs import Report
 
 
 @click.command("report")
@@ -50,7 +48,7 @@ def report(
     umx-tune report --experiment umx-tune --format csv
     umx-tune report --runs RUN_ID RUN_ID --out plots/
     """
-    from umx_tune import report as rep
+    from umx_tune.report import note, runs, tables
 
     if runs_flag and not run_ids:
         raise click.UsageError("give run ids after --runs, e.g. --runs ID1 ID2")
@@ -59,35 +57,35 @@ def report(
     if runs_flag and (study or experiment):
         raise click.UsageError("give either --runs or --study/--experiment")
     if study:
-        result = rep.load_study(study, experiment)
+        result = runs.load_study(study, experiment)
     elif experiment:
-        result = rep.load_experiment(experiment)
+        result = runs.load_experiment(experiment)
     elif runs_flag:
-        result = rep.load_runs(run_ids)
+        result = runs.load_runs(run_ids)
     else:
         raise click.UsageError("say what to report: --study NAME, --experiment NAME or --runs ID ...")
-    click.echo(rep.render(result, fmt), nl=False)
+    click.echo(tables.render(result, fmt), nl=False)
     artifacts = [] if no_plots else _plots(result, out)
     if result.study and result.parent_run_id:
-        rep.set_note(result, artifacts)
+        note.set_note(result, artifacts)
         click.echo(f"description of parent run {result.parent_run_id} updated", err=True)
-    url = rep.ui_url(result)
+    url = note.ui_url(result)
     if url:
         click.echo(f"compare in the MLflow UI: {url}", err=True)
 
 
 def _plots(result: Report, out: Path | None) -> list[str]:
     """Write the plots to out, else log them to the parent run; the artifact paths logged."""
-    from umx_tune import report as rep
+    from umx_tune.report import figures
 
     if out is not None:
-        for path in rep.write_plots(result, out):
+        for path in figures.write_plots(result, out):
             click.echo(f"plot: {path}", err=True)
         return []
     if result.parent_run_id is None:
         click.echo("plots: not written (no study parent run to log them to; give --out DIR)", err=True)
         return []
-    artifacts = rep.log_plots(result, result.parent_run_id)
+    artifacts = figures.log_plots(result, result.parent_run_id)
     for artifact in artifacts:
         click.echo(f"plot: {artifact} (artifact of run {result.parent_run_id})", err=True)
     return artifacts

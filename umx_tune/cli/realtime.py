@@ -10,19 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from umx_tune.cli_options import config_options, pop_config_values, precision_option
-from umx_tune.config import SAMPLE_RATE, TrainConfig
+from umx_tune.cli.options import config_options, pop_config_values, precision_option
+from umx_tune.config import MODEL_SHAPING, SAMPLE_RATE, TrainConfig
 
 # torch, openunmix and MLflow load only when the command runs: `umx-tune --help` stays quick
 if TYPE_CHECKING:
-    import numpy as np
     import torch
     from openunmix.model import Separator
 
-    from umx_tune.realtime import Measurement
-
-# the options that shape an untrained model when no --model is given
-SHAPE_OPTIONS = ("target", "hidden_size", "unidirectional", "bandwidth", "nfft", "nhop", "nb_channels")
+    from umx_tune.separation.speed import Measurement
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -71,7 +67,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def build_report(source: str, separator: Separator, measurements: list[Measurement]) -> dict[str, Any]:
     """Everything the table shows, as a JSON-ready dict."""
-    from umx_tune import realtime as rt
+    from umx_tune.separation import speed as rt
 
     return {
         "model": source,
@@ -87,10 +83,10 @@ def build_report(source: str, separator: Separator, measurements: list[Measureme
 
 def _separator(model_ref: str | None, shape: dict[str, Any], device: torch.device) -> tuple[Separator, str]:
     """The logged model, or an untrained one of the shape the options give; and its description."""
-    from umx_tune.model import build_separator, build_unmix
+    from umx_tune.separation.model import build_separator, build_unmix
 
     if model_ref:
-        from umx_tune.loading import load_separator, model_uri
+        from umx_tune.tracking.models import load_separator, model_uri
 
         if shape:
             names = ", ".join("--" + name.replace("_", "-") for name in shape)
@@ -100,24 +96,11 @@ def _separator(model_ref: str | None, shape: dict[str, Any], device: torch.devic
     return build_separator(config, build_unmix(config).to(device)), "untrained (config shape)"
 
 
-def measurement_audio(path: Path | None, seconds: float, nb_channels: int) -> np.ndarray:
-    """(nb_channels, nb_samples) float32: the file's first `seconds`, or seeded noise that long."""
-    import numpy as np
-
-    if path is None:
-        # Speed does not depend on the signal's content; noise makes the run reproducible anywhere.
-        noise = np.random.default_rng(0).standard_normal((nb_channels, int(seconds * SAMPLE_RATE)))
-        return (0.1 * noise).astype(np.float32)
-    from umx_tune.separate_file import read_audio
-
-    return read_audio(path, nb_channels)[:, : int(seconds * SAMPLE_RATE)]
-
-
 @click.command("realtime")
 @click.option(
     "--model", "model_ref", default=None, help="MLflow model URI or run id [default: untrained model]"
 )
-@config_options(only=(*SHAPE_OPTIONS, "device"))
+@config_options(only=(*MODEL_SHAPING, "device"))
 @click.option(
     "--threads",
     type=int,
@@ -160,10 +143,11 @@ def realtime(
     """Measure offline and streaming separation speed (real-time factor, latency, block times)."""
     import torch
 
-    from umx_tune import realtime as rt
-    from umx_tune import tracking
     from umx_tune.errors import ConfigError
-    from umx_tune.model import resolve_device
+    from umx_tune.separation import speed as rt
+    from umx_tune.separation.model import resolve_device
+    from umx_tune.tracking.models import model_run_id
+    from umx_tune.tracking.runs import log_realtime_to_run
 
     given = pop_config_values(values)
     device = resolve_device(given.pop("device", "auto"))
@@ -172,10 +156,10 @@ def realtime(
             raise ConfigError(f"--threads {count}: the thread count must be >= 1")
     if log_run and not model_ref:
         raise click.UsageError("--log records into the model's run; give --model")
-    run_id = tracking.model_run_id(_uri(model_ref)) if log_run else None
+    run_id = model_run_id(_uri(model_ref)) if log_run else None
     separator, source = _separator(model_ref, given, device)
     rt.stream_block(separator, block, stream)  # bad block / streaming a bidirectional model: fail first
-    clips = [measurement_audio(audio_path, seconds, 2)]
+    clips = [rt.measurement_audio(audio_path, seconds, 2)]
     measurements = [
         rt.measure(
             separator,
@@ -192,11 +176,11 @@ def realtime(
     report = build_report(source, separator, measurements)
     text = json.dumps(report, indent=2)
     if run_id is not None:
-        tracking.log_realtime_to_run(run_id, measurements, text)
+        log_realtime_to_run(run_id, measurements, text)
     click.echo(text if as_json else format_table(report))
 
 
 def _uri(model_ref: str | None) -> str:
-    from umx_tune.loading import model_uri
+    from umx_tune.tracking.models import model_uri
 
     return model_uri(model_ref or "")

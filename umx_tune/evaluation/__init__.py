@@ -1,0 +1,1 @@
+"""Evaluation: BSSEval v4 (the fast exact evaluator and museval) and SiSEC-style scoring of test tracks."""

@@ -1,0 +1,1 @@
+"""Reports of runs read back from MLflow: tables, plots, the study's description and the run summary."""

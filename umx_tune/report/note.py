@@ -1,0 +1,96 @@
+"""The study parent run's description in the MLflow UI, and the UI link that lines its runs up."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections import Counter
+from collections.abc import Sequence
+
+from umx_tune import tracking
+from umx_tune.report.runs import Report, ReportError, load_children, reading_client
+from umx_tune.report.tables import MISSING_NOTE, SCORE_COLUMNS, TRAINING_COLUMNS, markdown_table, target_label
+from umx_tune.tracking.server import tracking_uri
+
+# MLflow rejects tag values longer than this (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)
+NOTE_LIMIT = 8000
+
+
+def ui_url(report: Report) -> str | None:
+    """Where the MLflow UI shows the study's runs side by side (None without a study).
+
+    The UI opens in its model-training mode and filtered to the study's runs; a local sqlite store
+    is served by `mlflow ui` on port 5000.
+    """
+    if not (report.study and report.experiment_id):
+        return None
+    uri = tracking_uri()
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    query = urllib.parse.urlencode(
+        {
+            "workflowType": "machine_learning",
+            "searchFilter": f"tags.`{tracking.TAG_STUDY}` = '{report.study}'",
+        },
+        quote_via=urllib.parse.quote,
+    )
+    return f"{base}/#/experiments/{report.experiment_id}/runs?{query}"
+
+
+def _summary(report: Report) -> str:
+    """One line: how many trials in which state, and the best SDR."""
+    states = Counter(row.state for row in report.rows)
+    line = f"**{len(report.rows)} trials** (" + ", ".join(f"{n} {s.lower()}" for s, n in states.items()) + ")"
+    scored = [row for row in report.rows if row.metric("SDR") is not None]
+    if scored:
+        best = max(scored, key=lambda row: row.metrics["SDR"])
+        line += f"; best SDR {best.metrics['SDR']:.3f} dB: **{best.name}**"
+    return line + "."
+
+
+def note(report: Report, plot_paths: Sequence[str] = ()) -> str:
+    """The parent run's description: a summary line, then the scores and the training table.
+
+    Scores come first because the UI folds a long description after its first lines. Tables keep
+    as many rows as MLflow's tag limit allows.
+    """
+    command = f"umx-tune report --study '{report.study}'" if report.study else "umx-tune report"
+    total = len(report.rows)
+    footer = f"\nFull report: `{command}`.\n"
+    if plot_paths:
+        footer += "Plots (artifacts of this run): " + ", ".join(f"`{p}`" for p in plot_paths) + ".\n"
+
+    def text(keep: int) -> str:
+        rows = report.rows[:keep]
+        parts = [
+            _summary(report),
+            f"#### separation of {target_label(report)} (BSSEval v4, dB)",
+            markdown_table(report, SCORE_COLUMNS, rows),
+            "#### training",
+            markdown_table(report, TRAINING_COLUMNS, rows),
+            MISSING_NOTE + ("" if keep == total else f"; first {keep} of {total} trials shown"),
+        ]
+        return "\n\n".join(parts) + "\n" + footer
+
+    # the largest number of rows that fits, found by bisection (a search study has hundreds)
+    low, high = 0, total
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if len(text(middle)) <= NOTE_LIMIT else (low, middle - 1)
+    return text(low) if low else _summary(report) + "\n" + footer
+
+
+def describe_study(parent_run_id: str) -> str:
+    """Set a study parent run's MLflow description (`mlflow.note.content`) to its results tables.
+
+    The optimize command calls this when a study ends; `umx-tune report --study` refreshes it.
+    Describes the runs nested under the parent; returns the text set.
+    """
+    return set_note(load_children(parent_run_id))
+
+
+def set_note(report: Report, plot_paths: Sequence[str] = ()) -> str:
+    """Write note(report) to the report's parent run; returns the text."""
+    if report.parent_run_id is None:
+        raise ReportError(f"{report.title} has no parent run to describe")
+    text = note(report, plot_paths) if report.rows else "No trial runs yet.\n"
+    reading_client().set_tag(report.parent_run_id, tracking.TAG_NOTE, text)
+    return text

@@ -1,0 +1,240 @@
+"""Runs read back from MLflow for the report: `RunRow`s (params, latest metrics, per-epoch loss
+curves) of a study, an experiment or a list of run ids, in report order."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from umx_tune import tracking
+from umx_tune.config import coerce, param_fields
+from umx_tune.errors import ReportError, UmxTuneError
+from umx_tune.tracking.server import check_server, tracking_uri
+
+CURVE_METRICS = (tracking.TRAIN_LOSS, tracking.VALID_LOSS, tracking.EPOCH_SECONDS)
+
+
+@dataclass
+class RunRow:
+    """One run as the report sees it; absent values are None."""
+
+    run_id: str
+    name: str
+    state: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    # metric name -> [(epoch, value)], sorted by epoch
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    grid_entry: str | None = None
+    trial_number: int | None = None
+    start_time: int = 0
+
+    def metric(self, name: str) -> float | None:
+        return self.metrics.get(name)
+
+    @property
+    def train_seconds(self) -> float | None:
+        """Total training time; for a run stopped early (pruned, killed), the epochs it finished."""
+        if tracking.TRAIN_SECONDS in self.metrics:
+            return self.metrics[tracking.TRAIN_SECONDS]
+        epochs = self.curves.get(tracking.EPOCH_SECONDS)
+        return sum(v for _, v in epochs) if epochs else None
+
+
+@dataclass
+class Report:
+    """The runs of a study, an experiment or a list of run ids, in report order."""
+
+    title: str
+    rows: list[RunRow]
+    study: str | None = None
+    parent_run_id: str | None = None
+    experiment_id: str | None = None
+
+
+def reading_client() -> MlflowClient:
+    check_server()
+    return MlflowClient()
+
+
+def where() -> str:
+    return f"on {tracking_uri()}"
+
+
+def _all_pages(search: Callable[[str | None], Any]) -> list[Any]:
+    """Every item of a paged MLflow search (search takes a page token, returns a PagedList)."""
+    items: list[Any] = []
+    token: str | None = None
+    while True:
+        page = search(token)
+        items.extend(page)
+        token = page.token
+        if not token:
+            return items
+
+
+def _literal(value: str) -> str:
+    """A string literal for MLflow's filter syntax (which has no escapes: pick the other quote)."""
+    if "'" in value and '"' in value:
+        raise ReportError(f"name {value!r} holds both kinds of quote; MLflow cannot search for it")
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
+    return _all_pages(
+        lambda token: client.search_runs(
+            experiment_ids, filter_string, ViewType.ACTIVE_ONLY, max_results=1000, page_token=token
+        )
+    )
+
+
+def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
+    """The named experiment's id, or every active experiment's when no name is given."""
+    if experiment is None:
+        found = _all_pages(lambda token: client.search_experiments(page_token=token))
+        return [e.experiment_id for e in found]
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage != "active":
+        raise ReportError(f"no experiment named {experiment!r} {where()}")
+    return [exp.experiment_id]
+
+
+def _is_study_parent(run: Run) -> bool:
+    tags = run.data.tags
+    return tracking.TAG_STUDY in tags and tracking.TAG_PARENT_RUN not in tags
+
+
+def _typed_params(params: dict[str, str]) -> dict[str, Any]:
+    """MLflow params are strings; TrainConfig's are typed back (unknown ones stay strings)."""
+    fields = {f.name: f for f in param_fields()}
+    typed: dict[str, Any] = {}
+    for name, text in params.items():
+        try:
+            typed[name] = coerce(fields[name], text) if name in fields else text
+        except UmxTuneError:
+            typed[name] = text
+    return typed
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text is not None and text.lstrip("-").isdigit() else None
+
+
+def run_row(client: MlflowClient, run: Run) -> RunRow:
+    """A RunRow from an MLflow run, fetching the per-epoch histories it has."""
+    tags = run.data.tags
+    curves = {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        for key in CURVE_METRICS
+        if key in run.data.metrics
+    }
+    entry = tags.get(tracking.TAG_GRID_ENTRY) or None
+    return RunRow(
+        run_id=run.info.run_id,
+        name=entry or run.info.run_name or run.info.run_id[:8],
+        state=tags.get(tracking.TAG_TRIAL_STATE) or run.info.status,
+        params=_typed_params(run.data.params),
+        metrics=dict(run.data.metrics),
+        curves=curves,
+        grid_entry=entry,
+        trial_number=_int_or_none(tags.get(tracking.TAG_TRIAL_NUMBER)),
+        start_time=run.info.start_time or 0,
+    )
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key in which 'open-unmix10' follows 'open-unmix9'."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def ordered(rows: Iterable[RunRow]) -> list[RunRow]:
+    """Grid entries first, in natural order; then trial number; then start time. Names made unique."""
+    big = float("inf")
+
+    def key(row: RunRow) -> tuple[Any, ...]:
+        entry = _natural(row.grid_entry) if row.grid_entry else []
+        number = row.trial_number if row.trial_number is not None else big
+        return (row.grid_entry is None, entry, number, row.start_time)
+
+    ordered = sorted(rows, key=key)
+    seen: dict[str, int] = {}
+    for row in ordered:
+        seen[row.name] = seen.get(row.name, 0) + 1
+        if seen[row.name] > 1:  # a retried grid entry: tell the runs apart by trial or run id
+            suffix = f"trial {row.trial_number}" if row.trial_number is not None else row.run_id[:8]
+            row.name = f"{row.name} ({suffix})"
+    return ordered
+
+
+def _study_runs(client: MlflowClient, study: str, experiment_ids: list[str]) -> tuple[Run | None, list[Run]]:
+    """The study's parent run (the newest, should there be several) and its trial runs.
+
+    Trials are the runs tagged with the study that are nested, plus any other run nested under the
+    parent (so that a trial whose tags were not yet written still shows up).
+    """
+    tagged = search_runs(client, experiment_ids, f"tags.`{tracking.TAG_STUDY}` = {_literal(study)}")
+    parents = sorted((r for r in tagged if _is_study_parent(r)), key=lambda r: r.info.start_time or 0)
+    parent = parents[-1] if parents else None
+    trials = {r.info.run_id: r for r in tagged if not _is_study_parent(r)}
+    if parent is not None:
+        nested = f"tags.`{tracking.TAG_PARENT_RUN}` = '{parent.info.run_id}'"
+        for run in search_runs(client, [parent.info.experiment_id], nested):
+            trials.setdefault(run.info.run_id, run)
+    return parent, list(trials.values())
+
+
+def load_study(study: str, experiment: str | None = None) -> Report:
+    """The trials of the study named `study` (in `experiment`, or in any experiment)."""
+    client = reading_client()
+    parent, trials = _study_runs(client, study, _experiment_ids(client, experiment))
+    if parent is None and not trials:
+        scope = f"in experiment {experiment!r} " if experiment else ""
+        raise ReportError(f"no study named {study!r} {scope}{where()}")
+    if not trials:
+        raise ReportError(f"study {study!r} has no trial runs yet")
+    rows = ordered(run_row(client, run) for run in trials)
+    parent_id = parent.info.run_id if parent else None
+    experiment_id = (parent or trials[0]).info.experiment_id
+    return Report(f"study {study}", rows, study=study, parent_run_id=parent_id, experiment_id=experiment_id)
+
+
+def load_experiment(experiment: str) -> Report:
+    """Every run of an experiment, except study parent runs (their trials are listed instead)."""
+    client = reading_client()
+    runs = [r for r in search_runs(client, _experiment_ids(client, experiment)) if not _is_study_parent(r)]
+    if not runs:
+        raise ReportError(f"experiment {experiment!r} has no runs")
+    return Report(f"experiment {experiment}", ordered(run_row(client, run) for run in runs))
+
+
+def load_runs(run_ids: Sequence[str]) -> Report:
+    """The given runs, in report order."""
+    client = reading_client()
+    runs = []
+    for run_id in run_ids:
+        try:
+            runs.append(client.get_run(run_id))
+        except MlflowException:
+            raise ReportError(f"no run with id {run_id!r} {where()}") from None
+    return Report(f"{len(runs)} runs", ordered(run_row(client, run) for run in runs))
+
+
+def load_children(parent_run_id: str) -> Report:
+    """The runs nested under a (study) parent run, titled after its study."""
+    client = reading_client()
+    try:
+        parent = client.get_run(parent_run_id)
+    except MlflowException:
+        raise ReportError(f"no run with id {parent_run_id!r} {where()}") from None
+    study = parent.data.tags.get(tracking.TAG_STUDY)
+    nested = f"tags.`{tracking.TAG_PARENT_RUN}` = '{parent_run_id}'"
+    runs = search_runs(client, [parent.info.experiment_id], nested)
+    title = f"study {study}" if study else (parent.info.run_name or parent_run_id)
+    rows = ordered(run_row(client, run) for run in runs)
+    return Report(title, rows, study=study, parent_run_id=parent_run_id)

@@ -1,0 +1,1 @@
+"""Separation: building Open-Unmix separators, offline and streaming separation, and their speed."""

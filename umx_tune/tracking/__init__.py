@@ -1,0 +1,111 @@
+"""The only package that speaks MLflow. This module spells every name umx-tune writes there:
+metrics, params, tags and artifact paths (it imports no MLflow, so anything may use it).
+
+    server   the tracking URI and the fail-fast health check
+    retry    the one retry policy for MLflow calls that are safe to repeat
+    runs     a run: start, log, end (RunTracker)
+    models   models: log, load, find their run
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from umx_tune.separation.speed import Measurement
+
+DEFAULT_EXPERIMENT = "umx-tune"
+
+# metric names
+TRAIN_LOSS = "train_loss"
+VALID_LOSS = "valid_loss"
+EPOCH_SECONDS = "epoch_seconds"
+LEARNING_RATE = "lr"
+BEST_EPOCH = "best_epoch"
+EPOCHS_TRAINED = "epochs_trained"
+TRAIN_SECONDS = "train_seconds"
+TRAIN_SAMPLES_PER_SECOND = "train_samples_per_second"
+EVAL_SECONDS = "eval_seconds"
+# real-time probe: processing time / audio duration, offline and streamed (causal models only)
+REALTIME_FACTOR = "rtf"
+REALTIME_FACTOR_STREAMING = "rtf_streaming"
+# streaming only: algorithmic latency and per-block compute times (ms)
+LATENCY_MS = "latency_ms"
+BLOCK_MS_MEDIAN = "block_ms_median"
+BLOCK_MS_P99 = "block_ms_p99"
+# BSSEval v4 metrics, logged plainly for the run's target and as '<estimate>_<metric>'
+SEPARATION_METRICS = ("SDR", "SIR", "ISR", "SAR")
+
+# tag names
+TAG_SIGNATURE = "umx_tune.signature"
+TAG_DEVICE = "umx_tune.device"
+TAG_ERROR = "umx_tune.error"
+# what the real-time factors were measured on: device, torch threads, the processor's name
+TAG_RTF_DEVICE = "umx_tune.rtf_device"
+TAG_RTF_THREADS = "umx_tune.rtf_threads"
+TAG_RTF_PROCESSOR = "umx_tune.rtf_processor"
+REALTIME_ARTIFACT_DIR = "realtime"
+# a study is a parent run tagged with TAG_STUDY; each trial is a nested child run carrying all four
+TAG_STUDY = "umx_tune.study"
+TAG_TRIAL_NUMBER = "umx_tune.trial_number"
+TAG_TRIAL_STATE = "umx_tune.trial_state"
+TAG_GRID_ENTRY = "umx_tune.grid_entry"
+# the rest of a trial's mirror of its Optuna trial, and the study parent run's summary
+TAG_TRIAL_PARAMS = "umx_tune.trial_params"  # JSON: the values Optuna chose or the grid entry fixed
+TAG_TRIAL_DISTRIBUTIONS = "umx_tune.trial_distributions"  # JSON: Optuna's distribution of each
+TAG_TRIAL_RETRY_OF = "umx_tune.trial_retry_of"  # number of the trial a lost worker left unfinished
+TAG_PRUNED_EPOCH = "umx_tune.pruned_epoch"
+TAG_STUDY_MODE = "umx_tune.study_mode"  # grid or search
+TAG_STUDY_PLAN = "umx_tune.study_plan"  # the grid or space name (or file)
+TAG_STUDY_STORAGE = "umx_tune.study_storage"  # the Optuna storage URL (password masked)
+TAG_STUDY_STATE = "umx_tune.study_state"
+TAG_OBJECTIVE = "umx_tune.objective"
+TAG_SAMPLER = "umx_tune.sampler"
+TAG_PRUNER = "umx_tune.pruner"
+TAG_BEST_TRIAL = "umx_tune.best_trial_number"
+TAG_BEST_RUN = "umx_tune.best_run_id"
+TAG_BEST_PARAM_PREFIX = "umx_tune.best."  # + parameter name, one tag per best-trial param
+TAG_REGISTERED_MODEL = "umx_tune.registered_model"  # name/version --register-best created
+# multi-objective studies: "true"/"false" on each complete trial's run, the front's numbers on the parent
+TAG_PARETO = "umx_tune.pareto_front"
+TAG_PARETO_TRIALS = "umx_tune.pareto_trials"
+# a trial's objective value(s) and its per-epoch reports to Optuna (step = epoch)
+TRIAL_VALUE = "trial_value"
+TRIAL_INTERMEDIATE = "trial_intermediate_value"
+BEST_VALUE = "best_value"
+STUDY_ARTIFACT_DIR = "study"
+# MLflow's own tags: the UI shows these as the run name, the nesting and the run's description
+TAG_RUN_NAME = "mlflow.runName"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_NOTE = "mlflow.note.content"
+
+MODEL_ARTIFACT = "model"
+EVAL_ARTIFACT_DIR = "eval"  # museval's per-track JSON files
+CHECKPOINT_ARTIFACT_DIR = "checkpoint"  # the training checkpoint, for --resume elsewhere
+PLOTS_ARTIFACT_DIR = "plots"
+TAG_KIND = "umx_tune.kind"  # "evaluation" on the runs of `umx-tune evaluate`
+TAG_EVALUATED_MODEL = "umx_tune.evaluated_model"
+
+
+def metric_name(estimate: str, metric: str) -> str:
+    """Per-estimate BSSEval metric name, e.g. 'vocals_SDR', 'accompaniment_SIR'."""
+    return f"{estimate}_{metric}"
+
+
+def realtime_values(measurement: Measurement, suffix: str = "") -> tuple[dict[str, float], dict[str, str]]:
+    """(metrics, tags) of a real-time measurement; suffix (e.g. '_cpu_1t') keeps several apart."""
+    metrics = {REALTIME_FACTOR + suffix: measurement.rtf}
+    stream = measurement.stream
+    if stream is not None:
+        # float32 weights keep the plain names; other precisions say theirs, e.g. 'rtf_streaming_float16'
+        precision = "" if stream.precision == "float32" else f"_{stream.precision}"
+        metrics[REALTIME_FACTOR_STREAMING + precision + suffix] = stream.rtf
+        metrics[LATENCY_MS + suffix] = stream.latency_ms
+        metrics[BLOCK_MS_MEDIAN + precision + suffix] = stream.block_ms_median
+        metrics[BLOCK_MS_P99 + precision + suffix] = stream.block_ms_p99
+    tags = {
+        TAG_RTF_DEVICE + suffix: measurement.device,
+        TAG_RTF_THREADS + suffix: str(measurement.threads),
+        TAG_RTF_PROCESSOR + suffix: measurement.processor,
+    }
+    return metrics, tags

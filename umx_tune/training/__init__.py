@@ -1,0 +1,1 @@
+"""Training: the loop (pure PyTorch, no MLflow) and its checkpoints."""
