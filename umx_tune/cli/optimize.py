@@ -51,6 +51,11 @@ def _names(registry: dict[str, Any]) -> str:
 @click.option("--study-name", type=TEXT, help="study to create, join or resume [default: a new name]")
 @click.option("--n-trials", type=Blankable(click.IntRange(min=1)), help="search budget over all workers")
 @click.option(
+    "--replicates",
+    type=Blankable(click.IntRange(min=1)),
+    help="grid: training seeds per entry (the base seed, +1, ...), each its own trial [default: 1]",
+)
+@click.option(
     "--timeout",
     type=Blankable(click.FloatRange(min=0, min_open=True)),
     help="seconds after which this worker starts no new trial",
@@ -151,6 +156,8 @@ def _request(kwargs: dict[str, Any], given: dict[str, Any], base: TrainConfig) -
             raise ConfigError(f"--n-trials is for --search; a grid runs each of its {entries} entries once")
     elif kwargs["search"]:
         plan = plans.load_space(kwargs["search"], base)
+        if kwargs["replicates"] is not None:
+            raise ConfigError("--replicates is for --grid: a search samples its own configs")
     name = kwargs["study_name"]
     if name is None:
         if plan is None:
@@ -166,4 +173,5 @@ def _request(kwargs: dict[str, Any], given: dict[str, Any], base: TrainConfig) -
         sampler=kwargs["sampler"],
         pruner=kwargs["pruner"],
         experiment=kwargs["experiment"],
+        replicates=kwargs["replicates"],
     )

@@ -13,6 +13,8 @@ from umx_tune.tracking import DEFAULT_EXPERIMENT
 
 # parameters a worker may set for itself: they depend on its machine, not on the study
 PER_WORKER = ("device", "nb_workers")
+# Optuna user attr: the replicate a grid trial runs; replicate r trains with the entry's seed + r
+REPLICATE_ATTR = "replicate"
 
 
 @dataclass(frozen=True)
@@ -25,11 +27,14 @@ class StudySettings:
     sampler: str
     pruner: str
     experiment: str  # the MLflow experiment of the parent and trial runs
+    replicates: int = 1  # grid: training seeds per entry (the base seed, +1, +2, ...)
 
     @property
     def budget(self) -> int | None:
-        """How many trials the study runs in all: a grid's entries, a search's n_trials."""
-        return len(self.plan.entries) if isinstance(self.plan, Grid) else self.n_trials
+        """How many trials the study runs in all: a grid's entries x replicates, a search's n_trials."""
+        if isinstance(self.plan, Grid):
+            return len(self.plan.entries) * self.replicates
+        return self.n_trials
 
     def to_json(self) -> str:
         return json.dumps(
@@ -42,6 +47,7 @@ class StudySettings:
                 "sampler": self.sampler,
                 "pruner": self.pruner,
                 "experiment": self.experiment,
+                "replicates": self.replicates,
             },
             sort_keys=True,
         )
@@ -58,6 +64,7 @@ class StudySettings:
             sampler=data["sampler"],
             pruner=data["pruner"],
             experiment=data["experiment"],
+            replicates=data.get("replicates", 1),  # studies made before replicates existed
         )
 
 
@@ -73,6 +80,7 @@ class Request:
     sampler: str | None
     pruner: str | None
     experiment: str | None
+    replicates: int | None = None
 
     def new_settings(self, default_objective: str) -> StudySettings:
         """The settings of a study this request creates."""
@@ -88,6 +96,7 @@ class Request:
             # a grid replays its entries in full; a search prunes unless told otherwise
             pruner=self.pruner or ("none" if isinstance(self.plan, Grid) else "median"),
             experiment=self.experiment or DEFAULT_EXPERIMENT,
+            replicates=self.replicates or 1,
         )
 
     def join(self, stored: StudySettings) -> StudySettings:
@@ -105,6 +114,8 @@ class Request:
             )
         if self.n_trials is not None and self.n_trials != stored.n_trials:
             raise ConfigError(f"{name} has a budget of {stored.n_trials} trials, not {self.n_trials}")
+        if self.replicates is not None and self.replicates != stored.replicates:
+            raise ConfigError(f"{name} runs {stored.replicates} replicates per entry, not {self.replicates}")
         fields = {f.name: f for f in param_fields()}
         given = {key: coerce(fields[key], value) for key, value in self.base_values.items()}
         conflicts = [

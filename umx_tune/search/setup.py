@@ -24,7 +24,7 @@ from umx_tune.errors import ConfigError
 from umx_tune.search import mirror, objectives
 from umx_tune.search.objectives import Objective
 from umx_tune.search.plans import GRID_ENTRY_ATTR, Grid
-from umx_tune.search.settings import Request, StudySettings
+from umx_tune.search.settings import REPLICATE_ATTR, Request, StudySettings
 
 SETTINGS_ATTR = "umx_tune:settings"
 PARENT_RUN_ATTR = "umx_tune:parent_run_id"
@@ -128,8 +128,11 @@ def _set_up(
 
 def _enqueue_all(study: optuna.Study, settings: StudySettings) -> None:
     if isinstance(settings.plan, Grid):
-        for entry in settings.plan.entries:
-            study.enqueue_trial(entry.values, user_attrs={GRID_ENTRY_ATTR: entry.name})
+        # replicate by replicate: an interrupted study has whole grids, not some entries' seeds
+        for replicate in range(settings.replicates):
+            for entry in settings.plan.entries:
+                attrs = {GRID_ENTRY_ATTR: entry.name, REPLICATE_ATTR: replicate}
+                study.enqueue_trial(entry.values, user_attrs=attrs)
     elif settings.n_trials is not None:
         for _ in range(settings.n_trials):
             study.enqueue_trial({})  # a ticket: the sampler fills in its params when it is claimed

@@ -17,6 +17,7 @@ from umx_tune.pipeline import run_experiment
 from umx_tune.search import mirror
 from umx_tune.search.objectives import Objective
 from umx_tune.search.plans import GRID_ENTRY_ATTR
+from umx_tune.search.settings import REPLICATE_ATTR
 from umx_tune.search.setup import StudyContext
 from umx_tune.tracking.runs import RunTracker, start_run
 from umx_tune.training.trainer import EpochCallback, EpochResult
@@ -37,8 +38,19 @@ class TrialOptions:
 
 
 def run_name(ctx: StudyContext, trial: optuna.Trial) -> str:
+    """A grid trial's run is named after its entry (every replicate alike), a search trial's after
+    the study and its number."""
     entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
     return entry or f"{ctx.settings.name}-{trial.number}"
+
+
+def label(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
+    """How progress lines name a trial: 'open-unmix3', 'open-unmix3 replicate 2', 'trial 7'."""
+    entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
+    if entry is None:
+        return f"trial {trial.number}"
+    replicate = trial.user_attrs.get(REPLICATE_ATTR, 0)
+    return f"{entry} replicate {replicate}" if replicate else entry
 
 
 def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> tuple[float, ...]:
@@ -47,17 +59,22 @@ def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> 
     Raises Pruned (the run ends KILLED), or whatever failed (the run ends FAILED with the reason).
     """
     entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
+    replicate = int(trial.user_attrs.get(REPLICATE_ATTR, 0))
+    tags = mirror.trial_tags(ctx.settings, trial, entry)
+    if entry is not None:
+        tags[tracking.TAG_REPLICATE] = str(replicate)
     with start_run(
         experiment=ctx.settings.experiment,
         run_name=run_name(ctx, trial),
         parent_run_id=ctx.parent_run_id,
-        tags=mirror.trial_tags(ctx.settings, trial, entry),
+        tags=tags,
         killed_on=(optuna.TrialPruned,),
     ) as tracker:
         # first thing: the run id, so that whoever finds this trial's worker dead can fail its run
         trial.set_user_attr(mirror.RUN_ID_ATTR, tracker.run_id)
         try:
             config = ctx.settings.plan.config_for(trial, ctx.settings.base)
+            config = config.replace(seed=config.seed + replicate)
         finally:
             tracker.set_tags(mirror.trial_choices(trial))
         result = run_experiment(

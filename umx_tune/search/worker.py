@@ -27,8 +27,9 @@ from optuna.trial import FrozenTrial, TrialState
 from umx_tune.errors import UmxTuneError, first_line
 from umx_tune.search import mirror
 from umx_tune.search.plans import GRID_ENTRY_ATTR
+from umx_tune.search.settings import REPLICATE_ATTR
 from umx_tune.search.setup import StudyContext
-from umx_tune.search.trial import Pruned, TrialOptions, run_trial
+from umx_tune.search.trial import Pruned, TrialOptions, label, run_trial
 
 REASON_ATTR = "fail_reason"
 PRUNED_EPOCH_ATTR = "pruned_epoch"
@@ -85,8 +86,8 @@ def claim(ctx: StudyContext, study: optuna.Study) -> optuna.Trial | None:
 
 def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, options: TrialOptions) -> str:
     """Run a claimed trial under a heartbeat; tell Optuna its outcome; mirror it. Returns the state."""
-    label = trial.user_attrs.get(GRID_ENTRY_ATTR) or f"trial {trial.number}"
-    print(f"{ctx.settings.name}: {label} (trial {trial.number}) starts", file=sys.stderr)
+    name = label(trial)
+    print(f"{ctx.settings.name}: {name} (trial {trial.number}) starts", file=sys.stderr)
     reason: str | None = None
     attrs: dict[str, object] = {}
     try:
@@ -105,7 +106,7 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
         if not isinstance(err, UmxTuneError):  # not a user error: the traceback helps find the bug
             traceback.print_exc(file=sys.stderr)
     final = _finish(ctx, study, trial, state, told, reason, attrs)
-    print(f"{ctx.settings.name}: {label} (trial {trial.number}) {final}", file=sys.stderr)
+    print(f"{ctx.settings.name}: {name} (trial {trial.number}) {final}", file=sys.stderr)
     return final
 
 
@@ -152,8 +153,9 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
         return
     params = trial.params or trial.system_attrs.get("fixed_params", {})
     attrs = {RETRY_OF_ATTR: trial.user_attrs.get(RETRY_OF_ATTR, trial.number), RETRIES_ATTR: retries + 1}
-    if GRID_ENTRY_ATTR in trial.user_attrs:
-        attrs[GRID_ENTRY_ATTR] = trial.user_attrs[GRID_ENTRY_ATTR]
+    for kept in (GRID_ENTRY_ATTR, REPLICATE_ATTR):
+        if kept in trial.user_attrs:
+            attrs[kept] = trial.user_attrs[kept]
     study.enqueue_trial(params, user_attrs=attrs)
 
 

@@ -50,6 +50,7 @@ TAG_STUDY = "umx_tune.study"
 TAG_TRIAL_NUMBER = "umx_tune.trial_number"
 TAG_TRIAL_STATE = "umx_tune.trial_state"
 TAG_GRID_ENTRY = "umx_tune.grid_entry"
+TAG_REPLICATE = "umx_tune.replicate"  # a grid entry's replicate: 0 trains with its seed, r with seed + r
 # the rest of a trial's mirror of its Optuna trial, and the study parent run's summary
 TAG_TRIAL_PARAMS = "umx_tune.trial_params"  # JSON: the values Optuna chose or the grid entry fixed
 TAG_TRIAL_DISTRIBUTIONS = "umx_tune.trial_distributions"  # JSON: Optuna's distribution of each

@@ -1,0 +1,70 @@
+"""`umx-tune optimize --grid … --replicates N`: every grid entry with N training seeds, exactly once each."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import run_main
+from test_optimize import BASE_ARGS, optimize_args, study_runs, write_grid
+
+from umx_tune import tracking
+
+Capture = pytest.CaptureFixture[str]
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("replicates")
+    return write_grid(folder / "two.yaml", {"small": {"hidden_size": 8}, "wide": {"hidden_size": 12}})
+
+
+def test_each_entry_runs_once_per_seed(
+    tracking_uri: str, grid_file: str, tmp_path: Path, capsys: Capture
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = optimize_args("replicated", storage, "--grid", grid_file, "--replicates", "2", *BASE_ARGS)
+    done = run_main(capsys, *args, "--epochs", "1")
+    assert done.returncode == 0, done.stderr
+    _, children = study_runs("replicated")
+    runs = {
+        (r.data.tags[tracking.TAG_GRID_ENTRY], int(r.data.tags[tracking.TAG_REPLICATE])): r for r in children
+    }
+    assert Counter(
+        (r.data.tags[tracking.TAG_GRID_ENTRY], r.data.tags[tracking.TAG_REPLICATE]) for r in children
+    ) == {(e, str(k)): 1 for e in ("small", "wide") for k in (0, 1)}
+    for (entry, replicate), run in runs.items():
+        assert run.info.run_name == entry and run.info.status == "FINISHED"
+        # replicate r trains with the base seed + r
+        assert run.data.params["seed"] == str(42 + replicate)
+        assert run.data.params["hidden_size"] == {"small": "8", "wide": "12"}[entry]
+    study = optuna.load_study(study_name="replicated", storage=storage)
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4
+
+    # a resume runs nothing again; the same study with another replicate count is refused
+    again = run_main(capsys, "optimize", "--study-name", "replicated", "--storage", storage, "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert len(study_runs("replicated")[1]) == 4
+    other = run_main(capsys, *optimize_args("replicated", storage, "--replicates", "3", "--quiet"))
+    assert other.returncode == 2 and "runs 2 replicates per entry, not 3" in other.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (("--replicates", "0"), "0 is not in the range x>=1"),
+        (("--replicates", "2", "--search", "default", "--n-trials", "2"), "--replicates is for --grid"),
+    ],
+)
+def test_bad_replicates_are_one_line_errors(
+    capsys: Capture, tmp_path: Path, grid_file: str, extra: tuple[str, ...], words: str
+) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    grid = () if "--search" in extra else ("--grid", grid_file)
+    done = run_main(capsys, *optimize_args("bad-replicates", storage, *grid, *extra, *BASE_ARGS))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], done.stderr
+    assert not (tmp_path / "optuna.db").exists(), "nothing is created before the input is checked"
