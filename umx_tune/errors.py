@@ -37,6 +37,10 @@ class EvaluationError(UmxTuneError, ValueError):
     """Audio that BSSEval cannot score: mismatched shapes, silent or non-finite signals."""
 
 
+class StatisticsError(UmxTuneError, ValueError):
+    """Scores that cannot be summarised or compared: none, non-finite, or unpaired where pairs are needed."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (its type's name when the message is empty).
 
