@@ -7,12 +7,33 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import run_main
-from test_optimize import BASE_ARGS, optimize_args, study_runs, write_grid
+from conftest import TINY, run_main
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 
 from umx_tune import tracking
+from umx_tune.cli.options import option_name
 
 Capture = pytest.CaptureFixture[str]
+BASE_ARGS = [arg for name, value in TINY.items() for arg in (option_name(name), str(value))]
+BASE_ARGS += ["--device", "cpu", "--quiet"]
+
+
+def optimize_args(study: str, storage: str, *args: str) -> list[str]:
+    return ["optimize", "--study-name", study, "--storage", storage, *args]
+
+
+def write_grid(path: Path, entries: dict[str, dict[str, int]]) -> str:
+    path.write_text("entries:\n" + "".join(f"  {name}: {values}\n" for name, values in entries.items()))
+    return str(path)
+
+
+def trial_runs(study: str) -> list[Run]:
+    """The study's nested trial runs, from MLflow alone."""
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`{tracking.TAG_STUDY}` = '{study}'")
+    return [r for r in runs if tracking.TAG_PARENT_RUN in r.data.tags]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +49,7 @@ def test_each_entry_runs_once_per_seed(
     args = optimize_args("replicated", storage, "--grid", grid_file, "--replicates", "2", *BASE_ARGS)
     done = run_main(capsys, *args, "--epochs", "1")
     assert done.returncode == 0, done.stderr
-    _, children = study_runs("replicated")
+    children = trial_runs("replicated")
     runs = {
         (r.data.tags[tracking.TAG_GRID_ENTRY], int(r.data.tags[tracking.TAG_REPLICATE])): r for r in children
     }
@@ -46,7 +67,7 @@ def test_each_entry_runs_once_per_seed(
     # a resume runs nothing again; the same study with another replicate count is refused
     again = run_main(capsys, "optimize", "--study-name", "replicated", "--storage", storage, "--quiet")
     assert again.returncode == 0, again.stderr
-    assert len(study_runs("replicated")[1]) == 4
+    assert len(trial_runs("replicated")) == 4
     other = run_main(capsys, *optimize_args("replicated", storage, "--replicates", "3", "--quiet"))
     assert other.returncode == 2 and "runs 2 replicates per entry, not 3" in other.stderr
 

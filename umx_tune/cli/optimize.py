@@ -155,9 +155,9 @@ def _request(kwargs: dict[str, Any], given: dict[str, Any], base: TrainConfig) -
             entries = len(plan.entries)
             raise ConfigError(f"--n-trials is for --search; a grid runs each of its {entries} entries once")
     elif kwargs["search"]:
-        plan = plans.load_space(kwargs["search"], base)
         if kwargs["replicates"] is not None:
             raise ConfigError("--replicates is for --grid: a search samples its own configs")
+        plan = plans.load_space(kwargs["search"], base)
     name = kwargs["study_name"]
     if name is None:
         if plan is None:
