@@ -24,7 +24,7 @@ import torch
 
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import DatasetSplits, wav_track
-from umx_tune.data.synth import ensure_synth_dataset, track_names
+from umx_tune.data.synth.lifecycle import ensure_synth_dataset, track_names
 from umx_tune.separation.model import build_separator, build_unmix, resolve_device
 from umx_tune.separation.offline import separate
 from umx_tune.separation.speed import measurement_audio

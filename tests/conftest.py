@@ -146,7 +146,7 @@ def tiny_config() -> TrainConfig:
 @pytest.fixture(scope="session")
 def synth_root(isolated_cache: Path, tiny_config: TrainConfig) -> Path:
     """The tiny synthetic dataset, built once per session."""
-    from umx_tune.data.synth import ensure_synth_dataset
+    from umx_tune.data.synth.lifecycle import ensure_synth_dataset
 
     return ensure_synth_dataset(tiny_config.synth_tracks, tiny_config.synth_duration, tiny_config.synth_seed)
 

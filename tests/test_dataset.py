@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from umx_tune.config import TrainConfig
-from umx_tune.data.dataset import STEMS, TrainChunks, open_dataset
+from umx_tune.data import STEMS
+from umx_tune.data.dataset import TrainChunks, open_dataset
 from umx_tune.errors import ConfigError, DatasetError
 
 

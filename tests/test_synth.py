@@ -16,18 +16,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from umx_tune.data import synth
+from umx_tune.config import SAMPLE_RATE as SR
+from umx_tune.config import TARGETS
+from umx_tune.data import SETUP_FILE, STEMS
+from umx_tune.data.synth import lifecycle, music
 from umx_tune.errors import DatasetError
 
-SR = synth.SAMPLE_RATE
-STEMS = ("mixture", "drums", "bass", "other", "vocals")
 PARAMS: dict[str, Any] = {"tracks": 2, "duration": 2.0, "seed": 0}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One small dataset shared by the read-only tests: 2 train, 1 valid, 1 test track of 2 s."""
-    return synth.write_synth_dataset(tmp_path_factory.mktemp("synth") / "ds", **PARAMS)
+    return lifecycle.write_synth_dataset(tmp_path_factory.mktemp("synth") / "ds", **PARAMS)
 
 
 @pytest.fixture
@@ -66,24 +67,24 @@ def band_fraction(audio: np.ndarray, low: float, high: float) -> float:
 
 
 def test_split_sizes() -> None:
-    assert synth.split_sizes(1) == (1, 1, 1)
-    assert synth.split_sizes(2) == (2, 1, 1)
-    assert synth.split_sizes(8) == (8, 2, 2)
-    assert synth.split_sizes(12) == (12, 3, 3)
+    assert lifecycle.split_sizes(1) == (1, 1, 1)
+    assert lifecycle.split_sizes(2) == (2, 1, 1)
+    assert lifecycle.split_sizes(8) == (8, 2, 2)
+    assert lifecycle.split_sizes(12) == (12, 3, 3)
 
 
 def test_cache_path_names_the_parameters(cache: Path) -> None:
-    path = synth.synth_cache_path(8, 20.0, 3)
+    path = lifecycle.synth_cache_path(8, 20.0, 3)
     assert path.parent == cache / "synth"
-    assert path.name == f"t8-d20-s3-v{synth.GENERATOR_VERSION}"
+    assert path.name == f"t8-d20-s3-v{lifecycle.GENERATOR_VERSION}"
     variants = [(8, 20.0, 3), (9, 20.0, 3), (8, 2.5, 3), (8, 20.0, 4), (8, 20.0000001, 3)]
-    assert len({synth.synth_cache_path(*p) for p in variants}) == len(variants)
+    assert len({lifecycle.synth_cache_path(*p) for p in variants}) == len(variants)
 
 
 @pytest.mark.parametrize("bad", [{"tracks": 0}, {"duration": 0.0}, {"duration": float("nan")}, {"seed": -1}])
 def test_invalid_parameters_are_dataset_errors(tmp_path: Path, bad: dict[str, float]) -> None:
     with pytest.raises(DatasetError):
-        synth.write_synth_dataset(tmp_path / "ds", **{**PARAMS, **bad})
+        lifecycle.write_synth_dataset(tmp_path / "ds", **{**PARAMS, **bad})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -92,8 +93,8 @@ def test_invalid_parameters_are_dataset_errors(tmp_path: Path, bad: dict[str, fl
 
 def test_layout_is_musdb18_hq(dataset: Path) -> None:
     assert sorted(p.name for p in dataset.iterdir()) == [
-        synth.COMPLETE_MARKER,
-        synth.SETUP_FILE,
+        lifecycle.COMPLETE_MARKER,
+        SETUP_FILE,
         "test",
         "train",
     ]
@@ -105,12 +106,12 @@ def test_layout_is_musdb18_hq(dataset: Path) -> None:
     info = sf.info(str(dataset / "test" / "synth-test-000" / "mixture.wav"))
     assert (info.samplerate, info.channels, info.subtype, info.format) == (SR, 2, "PCM_16", "WAV")
     assert info.frames == round(PARAMS["duration"] * SR)
-    assert synth.is_complete(dataset)
+    assert lifecycle.is_complete(dataset)
 
 
 def test_musdb_reads_the_splits(dataset: Path) -> None:
     def db(subset: str, split: str | None = None) -> musdb.DB:
-        setup = str(dataset / synth.SETUP_FILE)
+        setup = str(dataset / SETUP_FILE)
         return musdb.DB(root=str(dataset), is_wav=True, subsets=subset, split=split, setup_file=setup)
 
     assert [t.name for t in db("train", "train")] == ["synth-train-000", "synth-train-001"]
@@ -129,13 +130,13 @@ def test_musdb_reads_the_splits(dataset: Path) -> None:
 
 
 def test_same_parameters_give_byte_identical_files(dataset: Path, tmp_path: Path) -> None:
-    again = synth.write_synth_dataset(tmp_path / "again", **PARAMS)
+    again = lifecycle.write_synth_dataset(tmp_path / "again", **PARAMS)
     assert digests(again) == digests(dataset)
 
 
 def test_tracks_do_not_depend_on_the_track_count(dataset: Path, tmp_path: Path) -> None:
     # tracks=3 has one more training track; valid and test keep one track each.
-    more = synth.write_synth_dataset(tmp_path / "more", **{**PARAMS, "tracks": 3})
+    more = lifecycle.write_synth_dataset(tmp_path / "more", **{**PARAMS, "tracks": 3})
     mine = digests(more)
     shared = {k: v for k, v in digests(dataset).items() if k.endswith(".wav")}
     assert {k: mine[k] for k in shared} == shared
@@ -143,7 +144,7 @@ def test_tracks_do_not_depend_on_the_track_count(dataset: Path, tmp_path: Path) 
 
 
 def test_another_seed_gives_other_audio(dataset: Path, tmp_path: Path) -> None:
-    other = synth.write_synth_dataset(tmp_path / "other", **{**PARAMS, "seed": 1})
+    other = lifecycle.write_synth_dataset(tmp_path / "other", **{**PARAMS, "seed": 1})
     mine, theirs = digests(other), digests(dataset)
     assert all(mine[k] != theirs[k] for k in mine if k.endswith(".wav"))
 
@@ -154,7 +155,7 @@ def test_another_seed_gives_other_audio(dataset: Path, tmp_path: Path) -> None:
 def test_mixture_is_the_exact_sum_and_nothing_clips(dataset: Path) -> None:
     for track in {p.parent for p in wav_files(dataset)}:
         audio = {stem: read_int16(track / f"{stem}.wav") for stem in STEMS}
-        total = sum(audio[s].astype(np.int32) for s in ("vocals", "drums", "bass", "other"))
+        total = sum(audio[s].astype(np.int32) for s in TARGETS)
         np.testing.assert_array_equal(audio["mixture"], total)
         for stem, samples in audio.items():
             # Scaled to at most 98 % of full scale, plus rounding: never at the int16 limits.
@@ -197,14 +198,14 @@ def test_vocals_sing_in_a_voice_range(dataset: Path) -> None:
 
 
 def test_a_longer_song_has_vocal_rests_and_overlapping_sources() -> None:
-    stems = synth.generate_track(np.random.default_rng(7), 12 * SR)
+    stems = music.generate_track(np.random.default_rng(7), 12 * SR)
     hop = SR // 20  # 50 ms frames
 
     def frame_db(stem: str) -> np.ndarray:
         mono = stems[stem].astype(float).mean(axis=1)[: len(stems[stem]) // hop * hop]
         return 10 * np.log10(np.mean(mono.reshape(-1, hop) ** 2, axis=1) + 1e-3)
 
-    levels = {stem: frame_db(stem) for stem in synth.SOURCES}
+    levels = {stem: frame_db(stem) for stem in TARGETS}
     active = {stem: lv > lv.max() - 30 for stem, lv in levels.items()}
     assert 0.05 < 1 - active["vocals"].mean() < 0.7  # phrases with rests, mostly singing
     playing = np.sum([a for a in active.values()], axis=0)
@@ -216,17 +217,17 @@ def test_a_longer_song_has_vocal_rests_and_overlapping_sources() -> None:
 
 def test_is_complete_needs_the_marker_and_its_files(dataset: Path, tmp_path: Path) -> None:
     copy = Path(shutil.copytree(dataset, tmp_path / "copy"))
-    assert synth.is_complete(copy)
+    assert lifecycle.is_complete(copy)
     some_wav = copy / "train" / "synth-train-001" / "bass.wav"
     some_wav.write_bytes(some_wav.read_bytes()[:-2])  # truncated file
-    assert not synth.is_complete(copy)
+    assert not lifecycle.is_complete(copy)
     some_wav.unlink()
-    assert not synth.is_complete(copy)
+    assert not lifecycle.is_complete(copy)
     shutil.copy(dataset / "train" / "synth-train-001" / "bass.wav", some_wav)
-    assert synth.is_complete(copy)
-    (copy / synth.COMPLETE_MARKER).unlink()
-    assert not synth.is_complete(copy)
-    assert not synth.is_complete(tmp_path / "missing")
+    assert lifecycle.is_complete(copy)
+    (copy / lifecycle.COMPLETE_MARKER).unlink()
+    assert not lifecycle.is_complete(copy)
+    assert not lifecycle.is_complete(tmp_path / "missing")
 
 
 @pytest.mark.parametrize(
@@ -236,7 +237,7 @@ def test_is_complete_needs_the_marker_and_its_files(dataset: Path, tmp_path: Pat
 def test_failure_mid_build_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException, raised: type[BaseException]
 ) -> None:
-    real_write = synth._write_wav
+    real_write = lifecycle._write_wav
     written: list[Path] = []
 
     def failing_write(path: Path, audio: np.ndarray) -> dict[str, object]:
@@ -245,9 +246,9 @@ def test_failure_mid_build_leaves_nothing(
         written.append(path)
         return real_write(path, audio)
 
-    monkeypatch.setattr(synth, "_write_wav", failing_write)
+    monkeypatch.setattr(lifecycle, "_write_wav", failing_write)
     with pytest.raises(raised) as info:
-        synth.write_synth_dataset(tmp_path / "ds", **PARAMS)
+        lifecycle.write_synth_dataset(tmp_path / "ds", **PARAMS)
     if raised is DatasetError:  # a user-facing one-liner naming the destination and the cause
         assert (
             str(info.value)
@@ -262,7 +263,7 @@ def test_refuses_a_non_empty_destination(tmp_path: Path) -> None:
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
     with pytest.raises(DatasetError, match="not empty") as info:
-        synth.write_synth_dataset(out, **PARAMS)
+        lifecycle.write_synth_dataset(out, **PARAMS)
     assert str(out) in str(info.value) and "\n" not in str(info.value)
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
@@ -272,11 +273,11 @@ def test_an_empty_destination_folder_is_filled(tmp_path: Path, capsys: pytest.Ca
     out = tmp_path / "ds"
     out.mkdir()
     params: dict[str, Any] = {"tracks": 1, "duration": 1.0, "seed": 0}
-    assert synth.write_synth_dataset(out, **params, progress=True) == out
-    assert synth.is_complete(out)
+    assert lifecycle.write_synth_dataset(out, **params, progress=True) == out
+    assert lifecycle.is_complete(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == sum(synth.split_sizes(1)) and "synth-test-000" in lines[-1]
+    assert len(lines) == sum(lifecycle.split_sizes(1)) and "synth-test-000" in lines[-1]
 
 
 # -- Cache -----------------------------------------------------------------------------------
@@ -285,51 +286,51 @@ SMALL: dict[str, Any] = {"tracks": 1, "duration": 1.0, "seed": 0}
 
 
 def test_cache_is_built_once(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = synth.ensure_synth_dataset(**SMALL)
-    assert path == synth.synth_cache_path(**SMALL) and synth.is_complete(path)
+    path = lifecycle.ensure_synth_dataset(**SMALL)
+    assert path == lifecycle.synth_cache_path(**SMALL) and lifecycle.is_complete(path)
     stamps = {p: p.stat().st_mtime_ns for p in path.rglob("*")}
 
     def no_rebuild(*args: object, **kwargs: object) -> Path:
         raise AssertionError("the cached dataset was rebuilt")
 
-    monkeypatch.setattr(synth, "write_synth_dataset", no_rebuild)
-    assert synth.ensure_synth_dataset(**SMALL) == path
+    monkeypatch.setattr(lifecycle, "write_synth_dataset", no_rebuild)
+    assert lifecycle.ensure_synth_dataset(**SMALL) == path
     assert {p: p.stat().st_mtime_ns for p in path.rglob("*")} == stamps
     assert [p.name for p in (cache / "synth").iterdir()] == [path.name]
 
 
 def test_cache_replaces_an_incomplete_folder(cache: Path) -> None:
-    path = synth.synth_cache_path(**SMALL)
+    path = lifecycle.synth_cache_path(**SMALL)
     (path / "train").mkdir(parents=True)
     (path / "train" / "junk.wav").write_bytes(b"half a file")
-    assert synth.ensure_synth_dataset(**SMALL) == path
-    assert synth.is_complete(path) and not (path / "train" / "junk.wav").exists()
+    assert lifecycle.ensure_synth_dataset(**SMALL) == path
+    assert lifecycle.is_complete(path) and not (path / "train" / "junk.wav").exists()
     assert [p.name for p in (cache / "synth").iterdir()] == [path.name]
 
 
 def test_cache_loser_of_a_race_uses_the_winners_copy(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another builder renames its copy into place while this one is still writing."""
-    real_write_tree = synth._write_tree
-    path = synth.synth_cache_path(**SMALL)
+    real_write_tree = lifecycle._write_tree
+    path = lifecycle.synth_cache_path(**SMALL)
 
     def write_tree_then_lose(root: Path, **kwargs: object) -> None:
         real_write_tree(root, **kwargs)  # type: ignore[arg-type]
         if not path.exists():
-            monkeypatch.setattr(synth, "_write_tree", real_write_tree)
-            synth.write_synth_dataset(path, **SMALL)  # the winner
+            monkeypatch.setattr(lifecycle, "_write_tree", real_write_tree)
+            lifecycle.write_synth_dataset(path, **SMALL)  # the winner
 
-    monkeypatch.setattr(synth, "_write_tree", write_tree_then_lose)
-    winner_marker = path / synth.COMPLETE_MARKER
-    assert synth.ensure_synth_dataset(**SMALL) == path
-    assert synth.is_complete(path) and winner_marker.exists()
+    monkeypatch.setattr(lifecycle, "_write_tree", write_tree_then_lose)
+    winner_marker = path / lifecycle.COMPLETE_MARKER
+    assert lifecycle.ensure_synth_dataset(**SMALL) == path
+    assert lifecycle.is_complete(path) and winner_marker.exists()
     assert [p.name for p in (cache / "synth").iterdir()] == [path.name]  # loser's copy discarded
 
 
 def test_cache_two_processes_at_once(cache: Path) -> None:
     # Each process also reports whether the module pulled in torch or mlflow (it must not).
     code = (
-        "import sys; from umx_tune.data import synth; "
-        "path = synth.ensure_synth_dataset(tracks=1, duration=1.0, seed=5); "
+        "import sys; from umx_tune.data.synth import lifecycle; "
+        "path = lifecycle.ensure_synth_dataset(tracks=1, duration=1.0, seed=5); "
         "print(path, 'torch' in sys.modules, 'mlflow' in sys.modules)"
     )
     env = {**os.environ, "UMX_TUNE_CACHE": str(cache)}
@@ -339,7 +340,7 @@ def test_cache_two_processes_at_once(cache: Path) -> None:
     ]
     outputs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    path = synth.synth_cache_path(1, 1.0, 5)
+    path = lifecycle.synth_cache_path(1, 1.0, 5)
     assert outputs == [[str(path), "False", "False"]] * 2
-    assert synth.is_complete(path)
+    assert lifecycle.is_complete(path)
     assert [p.name for p in (cache / "synth").iterdir()] == [path.name]

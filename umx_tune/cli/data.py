@@ -27,6 +27,6 @@ def data() -> None:
 @QUIET
 def data_synth(out: Path, tracks: int, duration: float, seed: int, quiet: bool) -> None:
     """Write the synthetic MUSDB-shaped dataset (training, validation and test tracks) to OUT."""
-    from umx_tune.data.synth import write_synth_dataset
+    from umx_tune.data.synth.lifecycle import write_synth_dataset
 
     click.echo(str(write_synth_dataset(out, tracks=tracks, duration=duration, seed=seed, progress=not quiet)))

@@ -17,11 +17,9 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from umx_tune.config import SAMPLE_RATE, TrainConfig
+from umx_tune.config import SAMPLE_RATE, TARGETS, TrainConfig
+from umx_tune.data import SETUP_FILE, STEMS
 from umx_tune.errors import ConfigError, DatasetError
-
-SOURCES = ("vocals", "drums", "bass", "other")
-STEMS = ("mixture", *SOURCES)
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class Track:
 
     def residual(self, target: str) -> np.ndarray:
         """Sum of the sources other than target, shape (nb_channels, nb_samples)."""
-        return np.sum([self.read(s) for s in SOURCES if s != target], axis=0)
+        return np.sum([self.read(s) for s in TARGETS if s != target], axis=0)
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ def open_dataset(config: TrainConfig, *, progress: bool = False) -> DatasetSplit
             raise DatasetError(f"root={config.root!r} does not exist or is not a folder")
     else:
         is_wav = True
-        from umx_tune.data.synth import ensure_synth_dataset
+        from umx_tune.data.synth.lifecycle import ensure_synth_dataset
 
         root = ensure_synth_dataset(
             config.synth_tracks, config.synth_duration, config.synth_seed, progress=progress
@@ -100,7 +98,7 @@ def _list_tracks(root: Path, is_wav: bool, subset: str, split: str | None) -> li
     """Tracks of one subset/split, listed by musdb, each checked readable and of one length."""
     import musdb
 
-    setup = root / "setup.yaml"
+    setup = root / SETUP_FILE
     try:
         db = musdb.DB(
             root=str(root),
@@ -171,7 +169,7 @@ class TrainChunks(Dataset):
         """(mixture, target), each (nb_channels, nb_samples) float32."""
         rng = np.random.default_rng([self.seed, self.epoch, index])
         stems = []
-        for source in SOURCES:
+        for source in TARGETS:
             track = self.tracks[rng.integers(len(self.tracks))]
             start = int(rng.uniform(0, track.nb_frames - self.chunk))
             audio = track.read(source, start, self.chunk) * np.float32(rng.uniform(0.25, 1.25))
@@ -179,7 +177,7 @@ class TrainChunks(Dataset):
                 audio = audio[::-1]
             stems.append(audio)
         mixture = np.sum(stems, axis=0)
-        target = stems[SOURCES.index(self.target)]
+        target = stems[TARGETS.index(self.target)]
         return torch.from_numpy(mixture), torch.from_numpy(np.ascontiguousarray(target))
 
 

@@ -10,11 +10,9 @@ from pathlib import Path
 import soundfile as sf
 
 from umx_tune.config import SAMPLE_RATE
+from umx_tune.data import STEM_ORDER
 from umx_tune.errors import DatasetError
 from umx_tune.paths import cache_root
-
-# Stream order inside a MUSDB18 stem file (musdb's setup `stem_ids`).
-STEM_ORDER = ("mixture", "drums", "bass", "other", "vocals")
 
 
 def decoded_track_dir(stem_file: Path) -> Path:
