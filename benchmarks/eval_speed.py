@@ -88,8 +88,7 @@ def score(evaluator: str, refs: np.ndarray, ests: np.ndarray) -> np.ndarray:
         return np.array(museval.evaluate(refs, ests, win=RATE, hop=RATE, mode="v4"))
     from umx_tune.evaluation import bsseval
 
-    device = "cuda" if evaluator == "fast-cuda" else None
-    return np.array(bsseval.evaluate(refs, ests, RATE, RATE, device=device))
+    return np.array(bsseval.evaluate(refs, ests, RATE, RATE))
 
 
 # --- child processes ------------------------------------------------------------------------------
@@ -116,11 +115,6 @@ def _reset_peak() -> bool:
 
 def child_single(evaluator: str, track: Path, out: Path) -> dict[str, Any]:
     """Time one evaluation of one track in this (fresh) process, and its peak memory."""
-    if evaluator == "fast-cuda":
-        import torch
-
-        score(evaluator, *make_track(99, 2.0))  # CUDA context, kernels and cuFFT plans
-        torch.cuda.reset_peak_memory_stats()
     import museval  # noqa: F401  (both paths load it: keep the baselines comparable)
 
     from umx_tune.evaluation import bsseval  # noqa: F401
@@ -140,11 +134,6 @@ def child_single(evaluator: str, track: Path, out: Path) -> dict[str, Any]:
         "rss_increase_mib": round(peak - before, 1),
         "peak_is_the_evaluations": reset,  # False: the process's lifetime peak (no clear_refs)
     }
-    if evaluator == "fast-cuda":
-        import torch
-
-        result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        result["device"] = torch.cuda.get_device_name()
     np.save(out, scores)
     return result
 
@@ -225,20 +214,6 @@ def bench_parallel(seconds: float, tracks: int, workers: int, workdir: Path) -> 
     return entry
 
 
-def bench_gpu(seconds: float, workdir: Path) -> dict[str, Any] | None:
-    """The torch path on CUDA, when there is a GPU, against museval's scores of the same track."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    track, out = workdir / f"single-{seconds}", workdir / f"fast-cuda-{seconds}.npy"
-    entry = {"audio_seconds": seconds, **run_child("single", "fast-cuda", str(track), str(out))}
-    entry.update(compare(np.load(out), np.load(workdir / f"museval-{seconds}.npy")))
-    return entry
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 s only, and 4 x 10 s in parallel")
@@ -256,7 +231,6 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         single = [bench_single(s, Path(tmp)) for s in durations]
         parallel = bench_parallel(10.0 if args.quick else 30.0, 4, 2, Path(tmp))
-        gpu = bench_gpu(durations[-1] if args.quick else 30.0, Path(tmp))
     report = {
         "machine": {
             "processor": platform.processor() or platform.machine(),
@@ -268,7 +242,6 @@ def main(argv: list[str] | None = None) -> None:
         "threads_per_process": 1,
         "single": single,
         "parallel": parallel,
-        "gpu": gpu,
     }
     print(json.dumps(report, indent=2))
 

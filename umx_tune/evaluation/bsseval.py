@@ -40,7 +40,9 @@ import museval
 import numpy as np
 import scipy.fft
 import scipy.linalg
+from numpy.lib.stride_tricks import sliding_window_view
 
+from umx_tune.config import EVALUATORS
 from umx_tune.errors import EvaluationError
 
 FILTER_LEN = 512  # taps of the distortion filters, museval's `filters_len`
@@ -52,143 +54,25 @@ _REFINED_TOL = 1e-16  # Levinson solutions are refined down to this normwise bac
 _REFINEMENTS = 2  # ... in at most this many steps,
 _BACKWARD_TOL = 1e-15  # and dropped for Cholesky if still above this
 _CHUNK_BYTES = 96 * 2**20  # temporaries of one batch of blocks or windows: bounds the extra memory
-_EVALUATORS = ("fast", "museval")
 
-# An array of the backend in use: numpy.ndarray on the NumPy path, torch.Tensor on the torch path.
-Array = Any
 Scores = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-class _NumpyOps:
-    """The few array operations that differ between NumPy/SciPy and torch, NumPy side."""
-
-    def asarray(self, x: np.ndarray) -> Array:
-        return x
-
-    def numpy(self, x: Array) -> np.ndarray:
-        return np.asarray(x)
-
-    def zeros(self, shape: tuple[int, ...], complex_: bool = False) -> Array:
-        return np.zeros(shape, dtype=np.complex128 if complex_ else np.float64)
-
-    def rfft(self, x: Array, n: int) -> Array:
-        return scipy.fft.rfft(x, n=n, axis=-1)
-
-    def irfft(self, x: Array, n: int) -> Array:
-        return scipy.fft.irfft(x, n=n, axis=-1)
-
-    def permute(self, x: Array, axes: tuple[int, ...]) -> Array:
-        # matmul only reaches BLAS on contiguous stacks of matrices
-        return np.ascontiguousarray(np.transpose(x, axes))
-
-    def cat(self, xs: list[Array], axis: int) -> Array:
-        return np.concatenate(xs, axis=axis)
-
-    def stack(self, xs: list[Array], axis: int) -> Array:
-        return np.stack(xs, axis=axis)
-
-    def flip_last(self, x: Array) -> Array:
-        return x[..., ::-1]
-
-    def windows(self, x: Array, size: int) -> Array:
-        """View of the windows of `size` samples along the last axis, (..., n - size + 1, size)."""
-        return np.lib.stride_tricks.sliding_window_view(x, size, axis=-1)
-
-    def transpose(self, x: Array, axes: tuple[int, ...]) -> Array:
-        return np.transpose(x, axes)
-
-    def add_diagonal(self, g: Array, value: float) -> None:
-        g[np.diag_indices_from(g)] += value
-
-    def einsum(self, spec: str, *xs: Array) -> Array:
-        return np.einsum(spec, *xs)
-
-    def real_view(self, z: Array) -> Array:
-        """(..., 2) real view of a complex array whose last axis is contiguous."""
-        return z.view(np.float64).reshape(*z.shape, 2)
-
-    def toeplitz_solve(self, corr: Array, rhs: Array, eps: float) -> Array | None:
-        return _levinson_solve(corr, rhs, eps)
-
-    def cholesky_solve(self, g: Array, d: Array) -> Array | None:
-        """Solve g x = d for symmetric g, in place of g; None where g is not numerically positive."""
-        diag = np.diag(g).copy()
-        try:
-            factor = scipy.linalg.cho_factor(g, lower=True, overwrite_a=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            return None
-        if not _well_pivoted(np.diag(factor[0]) ** 2, diag):
-            return None
-        return scipy.linalg.cho_solve(factor, d, overwrite_b=False, check_finite=False)
+def _permute(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """x with its axes reordered, as a contiguous copy: matmul only reaches BLAS on contiguous stacks."""
+    return np.ascontiguousarray(np.transpose(x, axes))
 
 
-class _TorchOps:
-    """The same operations in torch, float64, on `device` ("cuda", "cpu", ...)."""
-
-    def __init__(self, device: str) -> None:
-        import torch
-
-        self.torch = torch
-        self.device = torch.device(device)
-
-    def asarray(self, x: np.ndarray) -> Array:
-        return self.torch.as_tensor(x, dtype=self.torch.float64, device=self.device)
-
-    def numpy(self, x: Array) -> np.ndarray:
-        return x.detach().cpu().numpy()
-
-    def zeros(self, shape: tuple[int, ...], complex_: bool = False) -> Array:
-        dtype = self.torch.complex128 if complex_ else self.torch.float64
-        return self.torch.zeros(shape, dtype=dtype, device=self.device)
-
-    def rfft(self, x: Array, n: int) -> Array:
-        return self.torch.fft.rfft(x, n=n, dim=-1)
-
-    def irfft(self, x: Array, n: int) -> Array:
-        return self.torch.fft.irfft(x, n=n, dim=-1)
-
-    def permute(self, x: Array, axes: tuple[int, ...]) -> Array:
-        return x.permute(*axes).contiguous()
-
-    def cat(self, xs: list[Array], axis: int) -> Array:
-        return self.torch.cat(xs, dim=axis)
-
-    def stack(self, xs: list[Array], axis: int) -> Array:
-        return self.torch.stack(xs, dim=axis)
-
-    def flip_last(self, x: Array) -> Array:
-        return self.torch.flip(x, dims=(-1,))
-
-    def windows(self, x: Array, size: int) -> Array:
-        return x.unfold(-1, size, 1)
-
-    def transpose(self, x: Array, axes: tuple[int, ...]) -> Array:
-        return x.permute(*axes)
-
-    def add_diagonal(self, g: Array, value: float) -> None:
-        g.diagonal().add_(value)
-
-    def einsum(self, spec: str, *xs: Array) -> Array:
-        return self.torch.einsum(spec, *xs)
-
-    def real_view(self, z: Array) -> Array:
-        return self.torch.view_as_real(z)
-
-    def toeplitz_solve(self, corr: Array, rhs: Array, eps: float) -> Array | None:
-        return None  # on a GPU the dense Cholesky factorisation is fast; the recursion is sequential
-
-    def cholesky_solve(self, g: Array, d: Array) -> Array | None:
-        """Solve g x = d for symmetric g; None where g is not numerically positive."""
-        factor, info = self.torch.linalg.cholesky_ex(g)
-        if int(info) != 0:
-            return None
-        pivots = self.numpy(self.torch.diagonal(factor) ** 2)
-        if not _well_pivoted(pivots, self.numpy(self.torch.diagonal(g))):
-            return None
-        return self.torch.cholesky_solve(d, factor)
-
-
-Ops = _NumpyOps | _TorchOps
+def _cholesky_solve(g: np.ndarray, d: np.ndarray) -> np.ndarray | None:
+    """Solve g x = d for symmetric g, in place of g; None where g is not numerically positive."""
+    diag = np.diag(g).copy()
+    try:
+        factor = scipy.linalg.cho_factor(g, lower=True, overwrite_a=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return None
+    if not _well_pivoted(np.diag(factor[0]) ** 2, diag):
+        return None
+    return scipy.linalg.cho_solve(factor, d, overwrite_b=False, check_finite=False)
 
 
 def _well_pivoted(pivots: np.ndarray, diag: np.ndarray) -> bool:
@@ -199,10 +83,6 @@ def _well_pivoted(pivots: np.ndarray, diag: np.ndarray) -> bool:
     the caller then falls back to) is the reference behaviour, including its least-squares branch.
     """
     return bool(np.all(pivots > 64 * _EPS * diag))
-
-
-def _ops(device: str | None) -> Ops:
-    return _NumpyOps() if device is None else _TorchOps(device)
 
 
 # --- input checks -------------------------------------------------------------------------------
@@ -296,8 +176,8 @@ def _silent_windows(active: list[np.ndarray], starts: np.ndarray, length: int) -
 
 
 def _block_spectra(
-    ops: Ops, sources: Array, first: int, nblocks: int, block: int, extra: int, nfft: int
-) -> Array:
+    sources: np.ndarray, first: int, nblocks: int, block: int, extra: int, nfft: int
+) -> np.ndarray:
     """Real FFTs of consecutive blocks of every channel, each block extended by `extra` samples.
 
     sources: (nsrc, nsamples, nchan). Block b covers samples [(first + b) * block, ... + block + extra),
@@ -306,18 +186,18 @@ def _block_spectra(
     nsig = sources.shape[0] * sources.shape[2]
     start = first * block
     span = sources[:, start : start + (nblocks + 1) * block]
-    flat = ops.permute(span, (0, 2, 1)).reshape(nsig, -1)  # (nsig, span), each channel contiguous
-    padded = ops.zeros((nsig, (nblocks + 1) * block))
+    flat = _permute(span, (0, 2, 1)).reshape(nsig, -1)  # (nsig, span), each channel contiguous
+    padded = np.zeros((nsig, (nblocks + 1) * block))
     padded[:, : flat.shape[1]] = flat
     blocks = padded.reshape(nsig, nblocks + 1, block)
-    frames = ops.zeros((nsig, nblocks, nfft))  # zero-padded to the FFT size here, not in rfft
+    frames = np.zeros((nsig, nblocks, nfft))  # zero-padded to the FFT size here, not in rfft
     frames[..., :block] = blocks[:, :nblocks]
     if extra:  # the first `extra` samples of the next block extend each block
         frames[..., block : block + extra] = blocks[:, 1:, :extra]
-    return ops.rfft(frames, nfft)
+    return scipy.fft.rfft(frames, n=nfft, axis=-1)
 
 
-def _correlations(ops: Ops, references: Array, estimates: Array, filter_len: int) -> Array:
+def _correlations(references: np.ndarray, estimates: np.ndarray, filter_len: int) -> np.ndarray:
     """Lags 0..filter_len-1 of the cross-correlation of each reference channel with every channel.
 
     references, estimates: (nsrc, nsamples, nchan). Returns corr (nx, 2 * nx, filter_len) with
@@ -333,23 +213,20 @@ def _correlations(ops: Ops, references: Array, estimates: Array, filter_len: int
     nblocks = -(-nsamples // block)
     # spectra of x (nx channels) and y (2 nx), each also permuted: 6 nx nfft float64 per block
     per_chunk = max(1, _CHUNK_BYTES // (6 * nx * nfft * 8))
-    cross = ops.zeros((nfft // 2 + 1, nx, 2 * nx), complex_=True)
+    cross = np.zeros((nfft // 2 + 1, nx, 2 * nx), dtype=np.complex128)
     for first in range(0, nblocks, per_chunk):
         count = min(per_chunk, nblocks - first)
-        x = _block_spectra(ops, references, first, count, block, 0, nfft)
-        y = ops.cat(
-            [
-                _block_spectra(ops, s, first, count, block, filter_len - 1, nfft)
-                for s in (references, estimates)
-            ],
+        x = _block_spectra(references, first, count, block, 0, nfft)
+        y = np.concatenate(
+            [_block_spectra(s, first, count, block, filter_len - 1, nfft) for s in (references, estimates)],
             axis=0,
         )
         # per frequency: (nx, blocks) @ (blocks, 2nx), the sum over blocks as one batched product
-        cross += ops.permute(x, (2, 0, 1)).conj() @ ops.permute(y, (2, 1, 0))
-    return ops.irfft(ops.permute(cross, (1, 2, 0)), nfft)[..., :filter_len]
+        cross += _permute(x, (2, 0, 1)).conj() @ _permute(y, (2, 1, 0))
+    return scipy.fft.irfft(_permute(cross, (1, 2, 0)), n=nfft, axis=-1)[..., :filter_len]
 
 
-def _gram(ops: Ops, corr: Array, filter_len: int, eps: float) -> Array:
+def _gram(corr: np.ndarray, filter_len: int, eps: float) -> np.ndarray:
     """Gram matrix of the delayed reference channels, plus eps * I as museval adds it.
 
     corr: (nx, >= nx, filter_len) from `_correlations`. Returns G (nx * L, nx * L), rows and
@@ -358,42 +235,42 @@ def _gram(ops: Ops, corr: Array, filter_len: int, eps: float) -> Array:
     """
     nx, length = corr.shape[0], filter_len
     rr = corr[:, :nx]
-    lagged = ops.cat([ops.flip_last(ops.permute(rr, (1, 0, 2))[..., 1:]), rr], axis=2)  # lags -L+1..L-1
-    g = ops.zeros((nx, length, nx, length))
+    lagged = np.concatenate([_permute(rr, (1, 0, 2))[..., :0:-1], rr], axis=2)  # lags -L+1..L-1
+    blocks = np.zeros((nx, length, nx, length))  # (x, a, y, b)
     for x in range(nx):  # one row of blocks at a time, so no second full-size copy is made
         # windows[y, a, k] = lagged[x, y, a + k] is Hankel; flipping k gives R_xy[a - b], Toeplitz
-        toeplitz = ops.flip_last(ops.windows(lagged[x], length))  # (y, a, b)
-        g[x] = ops.transpose(toeplitz, (1, 0, 2))
-    g = g.reshape(nx * length, nx * length)
-    ops.add_diagonal(g, eps)
+        toeplitz = sliding_window_view(lagged[x], length, axis=-1)[..., ::-1]  # (y, a, b)
+        blocks[x] = np.transpose(toeplitz, (1, 0, 2))
+    g = blocks.reshape(nx * length, nx * length)
+    g[np.diag_indices_from(g)] += eps
     return g
 
 
-def _solve(ops: Ops, corr: Array, rhs: Array, filter_len: int) -> Array:
+def _solve(corr: np.ndarray, rhs: np.ndarray, filter_len: int) -> np.ndarray:
     """Solve (G + eps I) c = rhs, G the Gram matrix of the channels in corr (nx, >= nx, L).
 
-    rhs, c: (nx * L, k). Large systems first try the block Levinson recursion (NumPy path), kept
-    only if its backward error is that of a stable factorisation. Then Cholesky where G is
-    numerically positive definite; otherwise museval's own path: LU solve, then least squares on
-    G without eps where G is exactly singular (in NumPy, as museval).
+    rhs, c: (nx * L, k). Large systems first try the block Levinson recursion, kept only if its
+    backward error is that of a stable factorisation. Then Cholesky where G is numerically positive
+    definite; otherwise museval's own path: LU solve, then least squares on G without eps where G is
+    exactly singular.
     """
     nx = corr.shape[0]
     if nx * filter_len >= _LEVINSON_MIN_SIZE:
-        solution = ops.toeplitz_solve(corr[:, :nx], rhs, _EPS)
+        solution = _levinson_solve(corr[:, :nx], rhs, _EPS)
         if solution is not None:
             return solution
-    solution = ops.cholesky_solve(_gram(ops, corr, filter_len, _EPS), rhs)
+    solution = _cholesky_solve(_gram(corr, filter_len, _EPS), rhs)
     if solution is not None:
         return solution
-    g, d = ops.numpy(_gram(ops, corr, filter_len, _EPS)), ops.numpy(rhs)
+    g = _gram(corr, filter_len, _EPS)
     try:
-        return ops.asarray(np.linalg.solve(g, d))
+        return np.linalg.solve(g, rhs)
     except np.linalg.LinAlgError:
         g[np.diag_indices_from(g)] -= _EPS
-        return ops.asarray(np.linalg.lstsq(g, d)[0])
+        return np.linalg.lstsq(g, rhs)[0]
 
 
-def _filters(ops: Ops, references: Array, estimates: Array, filter_len: int) -> tuple[Array, Array]:
+def _filters(references: np.ndarray, estimates: np.ndarray, filter_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Distortion filters of every estimate channel, fitted over the whole track (BSSEval v4).
 
     Returns (c_all, c_own): c_all (nx, L, ne) projects estimate channel e on all delayed reference
@@ -401,14 +278,14 @@ def _filters(ops: Ops, references: Array, estimates: Array, filter_len: int) -> 
     """
     nsrc, _, nchan = references.shape
     nx, size = nsrc * nchan, nchan * filter_len
-    corr = _correlations(ops, references, estimates, filter_len)
-    rhs = ops.permute(corr[:, nx:], (0, 2, 1)).reshape(nx * filter_len, nx)  # D[(x, a), e] = R_xe[a]
+    corr = _correlations(references, estimates, filter_len)
+    rhs = _permute(corr[:, nx:], (0, 2, 1)).reshape(nx * filter_len, nx)  # D[(x, a), e] = R_xe[a]
     own = []
     for j in range(nsrc):  # museval solves G_jj c = D_j with the diagonal blocks of G
         chans = slice(j * nchan, (j + 1) * nchan)
-        own.append(_solve(ops, corr[chans, chans], rhs[j * size : (j + 1) * size, chans], filter_len))
-    c_all = _solve(ops, corr, rhs, filter_len)
-    c_own = ops.stack(own, axis=0).reshape(nsrc, nchan, filter_len, nchan)
+        own.append(_solve(corr[chans, chans], rhs[j * size : (j + 1) * size, chans], filter_len))
+    c_all = _solve(corr, rhs, filter_len)
+    c_own = np.stack(own, axis=0).reshape(nsrc, nchan, filter_len, nchan)
     return c_all.reshape(nx, filter_len, nx), c_own
 
 
@@ -501,7 +378,7 @@ def _block_toeplitz_matvec(blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
 # --- framewise scores ---------------------------------------------------------------------------
 
 
-def _filter_spectra(ops: Ops, c_all: Array, c_own: Array, nfft: int) -> Array:
+def _filter_spectra(c_all: np.ndarray, c_own: np.ndarray, nfft: int) -> np.ndarray:
     """Spectra of all filters as one matrix per frequency, (nfft // 2 + 1, 2 * ne, nx).
 
     Output rows 0..ne-1 give the projection of estimate channel e on all references, rows
@@ -509,16 +386,17 @@ def _filter_spectra(ops: Ops, c_all: Array, c_own: Array, nfft: int) -> Array:
     """
     nsrc, nchan, length, _ = c_own.shape
     nx = nsrc * nchan
-    spectra = ops.zeros((nfft // 2 + 1, 2 * nx, nx), complex_=True)
-    spectra[:, :nx] = ops.permute(ops.rfft(ops.permute(c_all, (2, 0, 1)), nfft), (2, 0, 1))
-    own = ops.permute(ops.rfft(ops.permute(c_own, (0, 3, 1, 2)), nfft), (3, 0, 1, 2))  # (F, j, c, c')
+    spectra = np.zeros((nfft // 2 + 1, 2 * nx, nx), dtype=np.complex128)
+    spectra[:, :nx] = _permute(scipy.fft.rfft(_permute(c_all, (2, 0, 1)), n=nfft, axis=-1), (2, 0, 1))
+    own = scipy.fft.rfft(_permute(c_own, (0, 3, 1, 2)), n=nfft, axis=-1)
+    own = _permute(own, (3, 0, 1, 2))  # (F, j, c, c')
     for j in range(nsrc):  # only the diagonal blocks: the own projection ignores other sources
         rows, chans = slice(nx + j * nchan, nx + (j + 1) * nchan), slice(j * nchan, (j + 1) * nchan)
         spectra[:, rows, chans] = own[:, j]
     return spectra
 
 
-def _window_spectra(ops: Ops, sources: Array, starts: np.ndarray, length: int, weight: Array) -> Array:
+def _window_spectra(sources: np.ndarray, starts: np.ndarray, length: int, weight: np.ndarray) -> np.ndarray:
     """Weighted spectra of the windows of every channel, (nfft // 2 + 1, nx, nwin).
 
     weight (nfft // 2 + 1,) makes sum(|X|^2) over frequencies the energy of the window (Parseval
@@ -526,14 +404,14 @@ def _window_spectra(ops: Ops, sources: Array, starts: np.ndarray, length: int, w
     sum of squared magnitudes.
     """
     nfft = (weight.shape[0] - 1) * 2
-    frames = ops.stack([sources[:, int(s) : int(s) + length] for s in starts], axis=-1)
+    frames = np.stack([sources[:, int(s) : int(s) + length] for s in starts], axis=-1)
     nsrc, _, nchan, nwin = frames.shape  # (nsrc, length, nchan, nwin)
-    flat = ops.permute(frames, (0, 2, 3, 1)).reshape(nsrc * nchan, nwin, length)
-    return ops.permute(ops.rfft(flat, nfft) * weight, (2, 0, 1))
+    flat = _permute(frames, (0, 2, 3, 1)).reshape(nsrc * nchan, nwin, length)
+    return _permute(scipy.fft.rfft(flat, n=nfft, axis=-1) * weight, (2, 0, 1))
 
 
 def _energies(
-    ops: Ops, spectra: Array, references: Array, estimates: Array, starts: np.ndarray, length: int
+    spectra: np.ndarray, references: np.ndarray, estimates: np.ndarray, starts: np.ndarray, length: int
 ) -> np.ndarray:
     """The seven energies behind SDR/ISR/SIR/SAR for windows starting at `starts`, (7, nsrc, nwin).
 
@@ -545,8 +423,8 @@ def _energies(
     """
     nsrc = references.shape[0]
     nx = spectra.shape[2]
-    weight = _parseval_weight(ops, spectra.shape[0])
-    s_true = _window_spectra(ops, references, starts, length, weight)  # (F, nx, nwin)
+    weight = _parseval_weight(spectra.shape[0])
+    s_true = _window_spectra(references, starts, length, weight)  # (F, nx, nwin)
     proj = spectra @ s_true  # (F, 2 nx, nwin): projections on all references, on the own one
     e_spat = proj[:, nx:] - s_true
     e_interf = proj[:, :nx] - s_true
@@ -554,32 +432,32 @@ def _energies(
     e_artif = -s_true
     e_artif -= e_spat
     e_artif -= e_interf
-    e_artif += _window_spectra(ops, estimates, starts, length, weight)
-    energy = [_energy(ops, part, nsrc) for part in (s_true, e_spat, e_interf, e_artif)]
+    e_artif += _window_spectra(estimates, starts, length, weight)
+    energy = [_energy(part, nsrc) for part in (s_true, e_spat, e_interf, e_artif)]
     image = s_true + e_spat
-    energy.append(_energy(ops, image, nsrc))
+    energy.append(_energy(image, nsrc))
     image += e_interf  # s_true + e_spat + e_interf
-    energy.append(_energy(ops, image, nsrc))
+    energy.append(_energy(image, nsrc))
     e_spat += e_interf
     e_spat += e_artif  # e_spat + e_interf + e_artif
-    energy.append(_energy(ops, e_spat, nsrc))
+    energy.append(_energy(e_spat, nsrc))
     s_true_e, spat_e, interf_e, artif_e, image_e, target_e, distortion_e = energy
     return np.stack([s_true_e, distortion_e, spat_e, image_e, interf_e, target_e, artif_e])
 
 
-def _parseval_weight(ops: Ops, nbins: int) -> Array:
+def _parseval_weight(nbins: int) -> np.ndarray:
     """sqrt of each rFFT bin's share in the energy of an nfft = 2 (nbins - 1) point signal."""
     nfft = 2 * (nbins - 1)
     weight = np.full(nbins, np.sqrt(2.0 / nfft))
     weight[[0, -1]] = np.sqrt(1.0 / nfft)  # DC and Nyquist stand for themselves only
-    return ops.asarray(weight)
+    return weight
 
 
-def _energy(ops: Ops, z: Array, nsrc: int) -> np.ndarray:
+def _energy(z: np.ndarray, nsrc: int) -> np.ndarray:
     """Sum of |z|^2 over frequencies and each source's channels, z (F, nx, nwin) -> (nsrc, nwin)."""
     nbins, nx, nwin = z.shape
-    parts = ops.real_view(z).reshape(nbins, nx * nwin * 2)  # real and imaginary parts as columns
-    columns = ops.numpy(ops.einsum("fk,fk->k", parts, parts))  # one pass down each column
+    parts = z.view(np.float64).reshape(nbins, nx * nwin * 2)  # real and imaginary parts as columns
+    columns = np.einsum("fk,fk->k", parts, parts)  # one pass down each column
     return columns.reshape(nsrc, nx // nsrc, nwin, 2).sum(axis=(1, 3))
 
 
@@ -601,14 +479,11 @@ def evaluate(
     estimates: np.ndarray,
     win: int = 44100,
     hop: int = 44100,
-    *,
-    device: str | None = None,
 ) -> Scores:
     """BSSEval v4 image metrics, as ``museval.evaluate(references, estimates, win, hop)``.
 
     references, estimates: (nsrc, nsamples, nchan); estimates are cut or zero-padded to the
-    references' length. win, hop: window and hop in samples. device: None for NumPy/SciPy, or a
-    torch device ("cuda", "cpu") for the torch path (float64 throughout).
+    references' length. win, hop: window and hop in samples.
     Returns SDR, ISR, SIR, SAR, each (nsrc, nwin), NaN in windows where a source is silent.
     Raises EvaluationError (a ValueError) for inputs museval cannot score.
     """
@@ -624,23 +499,20 @@ def evaluate(
     silent = _silent_windows(active, starts, length)
     scores = np.full((4, refs.shape[0], starts.size), np.nan)
     if not silent.all():
-        scores[:, :, ~silent] = _score_windows(_ops(device), refs, ests, starts[~silent], length)
+        scores[:, :, ~silent] = _score_windows(refs, ests, starts[~silent], length)
     sdr, isr, sir, sar = scores
     return sdr, isr, sir, sar
 
 
-def _score_windows(
-    ops: Ops, references: np.ndarray, estimates: np.ndarray, starts: np.ndarray, length: int
-) -> np.ndarray:
+def _score_windows(refs: np.ndarray, ests: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
     """(4, nsrc, nwin) scores of the windows at `starts`, filters fitted on the whole signals."""
-    refs, ests = ops.asarray(references), ops.asarray(estimates)
-    c_all, c_own = _filters(ops, refs, ests, FILTER_LEN)
+    c_all, c_own = _filters(refs, ests, FILTER_LEN)
     nfft = scipy.fft.next_fast_len(length + FILTER_LEN - 1, real=True)
-    spectra = _filter_spectra(ops, c_all, c_own, nfft)
+    spectra = _filter_spectra(c_all, c_own, nfft)
     # per window: spectra of nx references and estimates, 2 nx projections, ~6 nx temporaries
     per_chunk = max(1, _CHUNK_BYTES // (10 * refs.shape[0] * refs.shape[2] * nfft * 8))
     energies = [
-        _energies(ops, spectra, refs, ests, starts[k : k + per_chunk], length)
+        _energies(spectra, refs, ests, starts[k : k + per_chunk], length)
         for k in range(0, starts.size, per_chunk)
     ]
     return _scores(np.concatenate(energies, axis=2))
@@ -657,8 +529,6 @@ def eval_track(
     win: float = 1.0,
     hop: float = 1.0,
     evaluator: str = "fast",
-    *,
-    device: str | None = None,
 ) -> museval.TrackStore:
     """``museval.eval_mus_track`` for plain dicts of (nsamples, nchan) arrays.
 
@@ -667,9 +537,9 @@ def eval_track(
     Vocals and accompaniment, when both are given, are scored as a pair of their own; the other
     targets (vocals among them) are scored together, and vocals keeps its pair scores. Fewer than
     two targets, without that pair, warn and give an empty store, as museval does.
-    win, hop: seconds. evaluator: "fast" (this module; `device` as in `evaluate`) or "museval".
+    win, hop: seconds. evaluator: "fast" (this module) or "museval".
     """
-    score = _evaluator(evaluator, device)
+    score = _evaluator(evaluator)
     _check_rate(rate)
     win_n, hop_n = int(win * rate), int(hop * rate)  # museval's conversion to samples
     _check_window(win_n, hop_n)
@@ -697,15 +567,13 @@ def eval_track(
     return store
 
 
-def _evaluator(
-    name: str, device: str | None
-) -> Callable[[np.ndarray, np.ndarray, int, int], tuple[np.ndarray, ...]]:
+def _evaluator(name: str) -> Callable[[np.ndarray, np.ndarray, int, int], tuple[np.ndarray, ...]]:
     """The scoring function behind `eval_track`'s `evaluator` option."""
     if name == "museval":
         return lambda refs, ests, win, hop: tuple(museval.evaluate(refs, ests, win=win, hop=hop, mode="v4"))
     if name == "fast":
-        return lambda refs, ests, win, hop: evaluate(refs, ests, win, hop, device=device)
-    raise EvaluationError(f"unknown evaluator {name!r}; choose one of {', '.join(_EVALUATORS)}")
+        return lambda refs, ests, win, hop: evaluate(refs, ests, win, hop)
+    raise EvaluationError(f"unknown evaluator {name!r}; choose one of {', '.join(EVALUATORS)}")
 
 
 def _check_rate(rate: Any) -> None:

@@ -31,12 +31,10 @@ T = TypeVar("T")
 
 @dataclass
 class EvaluationResult:
-    """SiSEC aggregates {name: {metric: dB}} for the target and residual, and per-track JSON files."""
+    """SiSEC aggregates {name: {metric: dB}} for the target and residual, and the time they took."""
 
     scores: dict[str, dict[str, float]]
-    track_files: list[Path]
     seconds: float
-    audio_seconds: float
 
 
 def evaluate_tracks(
@@ -59,18 +57,10 @@ def evaluate_tracks(
         for track in tqdm.tqdm(tracks, desc="separating", disable=not progress, leave=False):
             estimates = separate(separator, track.read("mixture"), device)
             jobs.append(pool.submit(score_track, track, target, estimates, evaluator))
-        track_jsons = [job.result() for job in jobs]
-    files = []
-    for track, text in zip(tracks, track_jsons, strict=True):
-        path = out_dir / f"{track.name}.json"
-        path.write_text(text)
-        files.append(path)
-    return EvaluationResult(
-        scores=aggregate({t.name: text for t, text in zip(tracks, track_jsons, strict=True)}),
-        track_files=files,
-        seconds=time.perf_counter() - start,
-        audio_seconds=sum(t.duration for t in tracks),
-    )
+        track_jsons = {track.name: job.result() for track, job in zip(tracks, jobs, strict=True)}
+    for name, text in track_jsons.items():
+        (out_dir / f"{name}.json").write_text(text)
+    return EvaluationResult(scores=aggregate(track_jsons), seconds=time.perf_counter() - start)
 
 
 class _InlineExecutor(Executor):
