@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
+from umx_tune import tracking
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import open_dataset
 from umx_tune.errors import ModelError
-from umx_tune.training.trainer import EpochResult, Trainer, TrainingDiverged, load_checkpoint
+from umx_tune.separation.model import build_unmix
+from umx_tune.training.checkpoint import CHECKPOINT_FILE, checkpoint_file, read_checkpoint, resume_config
+from umx_tune.training.trainer import EpochResult, Trainer, TrainingDiverged
 
 
 def _fit(config: TrainConfig, folder: Path, resume: bool = False) -> list[EpochResult]:
@@ -34,12 +37,54 @@ def test_same_seed_same_curve_for_any_worker_count(tiny_config: TrainConfig, tmp
 
 
 def test_checkpoint_is_self_describing(tiny_config: TrainConfig, tmp_path: Path) -> None:
-    _fit(tiny_config, tmp_path)
-    payload = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert TrainConfig.from_dict(json.loads(payload["config"])) == tiny_config
-    state = json.loads(payload["state"])
-    assert state["epoch"] == 2 and len(state["valid_losses"]) == 2
-    assert {"model", "best_model", "optimizer", "scheduler", "torch_rng"} <= set(payload)
+    results = _fit(tiny_config, tmp_path)
+    checkpoint = read_checkpoint(tmp_path / CHECKPOINT_FILE)  # torch.load(weights_only=True)
+    assert checkpoint.config == tiny_config
+    assert checkpoint.state.epoch == 2 and checkpoint.state.valid_losses == [r.valid_loss for r in results]
+    # the config alone rebuilds the network the weights belong to
+    build_unmix(checkpoint.config).load_state_dict(checkpoint.best_model)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no checkpoint at"),
+        (b"not a torch file", "cannot load checkpoint"),
+        ({"weights": {}}, "is not a umx-tune checkpoint: it holds no "),
+    ],
+)
+def test_what_is_not_a_checkpoint_is_a_one_line_model_error(
+    tmp_path: Path, content: bytes | dict | None, message: str
+) -> None:
+    path = tmp_path / CHECKPOINT_FILE
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(ModelError, match=message) as info:
+        read_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_runs_checkpoint_is_found_in_its_artifacts(
+    tiny_config: TrainConfig, tracking_uri: str, tmp_path: Path
+) -> None:
+    config = tiny_config.replace(epochs=1)
+    _fit(config, tmp_path / "trained")
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment(f"checkpoints-{tmp_path.name}")
+    run_id = client.create_run(experiment).info.run_id
+    client.log_artifact(run_id, str(tmp_path / "trained" / CHECKPOINT_FILE), tracking.CHECKPOINT_ARTIFACT_DIR)
+    elsewhere = tmp_path / "elsewhere"  # another machine's --checkpoint-dir: nothing local
+    assert checkpoint_file(run_id, elsewhere) == elsewhere / run_id / CHECKPOINT_FILE
+    assert resume_config(run_id, elsewhere, {"epochs": 3}) == config.replace(epochs=3)
+    with pytest.raises(ModelError, match=r"different model shape: hidden_size=32 \(checkpoint has 16\)"):
+        resume_config(run_id, elsewhere, {"hidden_size": 32})
+    empty_run = client.create_run(experiment).info.run_id
+    with pytest.raises(ModelError, match=f"no checkpoint to resume run {empty_run} in ") as info:
+        checkpoint_file(empty_run, elsewhere)
+    assert "\n" not in str(info.value)
+    assert list((elsewhere / empty_run).iterdir()) == []  # no download left behind
 
 
 def test_resume_continues_the_same_curve(tiny_config: TrainConfig, tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ from umx_tune.report.plots import loss_curve_png
 from umx_tune.separation import speed
 from umx_tune.separation.model import build_separator, resolve_device
 from umx_tune.tracking.runs import RunTracker, artifact_tempdir
-from umx_tune.training.trainer import EpochCallback, EpochResult, Trainer, TrainState
+from umx_tune.training.checkpoint import TrainState, run_checkpoint_dir
+from umx_tune.training.trainer import EpochCallback, EpochResult, Trainer
 
 
 @dataclass
@@ -59,7 +60,7 @@ def run_experiment(
     tracker.log_config(config)
     tracker.set_tags({tracking.TAG_DEVICE: str(device)})
     tracker.log_dataset(data.root, data.digest(), name=data.root.name)
-    trainer = Trainer(config, data, device, checkpoint_root / tracker.run_id, progress)
+    trainer = Trainer(config, data, device, run_checkpoint_dir(checkpoint_root, tracker.run_id), progress)
 
     def after_epoch(result: EpochResult) -> None:
         tracker.log_metrics(_epoch_metrics(result), step=result.epoch)
@@ -108,7 +109,7 @@ def _log_training(tracker: RunTracker, state: TrainState) -> None:
     )
     with artifact_tempdir() as tmp:
         png = loss_curve_png(state.train_losses, state.valid_losses, Path(tmp) / "loss_curve.png")
-        tracker.log_artifact(png, "plots")
+        tracker.log_artifact(png, tracking.PLOTS_ARTIFACT_DIR)
 
 
 def evaluate_and_log(

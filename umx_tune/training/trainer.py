@@ -6,13 +6,11 @@ No MLflow here: the per-epoch callback (umx_tune.pipeline) logs and reports to O
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +22,14 @@ from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import DatasetSplits, FullTracks, TrainChunks
 from umx_tune.errors import ModelError, UmxTuneError
 from umx_tune.separation.model import build_encoder, build_unmix
-from umx_tune.training.checkpoint import load_checkpoint
+from umx_tune.training.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    StateDict,
+    TrainState,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 
 class TrainingDiverged(UmxTuneError):
@@ -46,26 +51,13 @@ class EpochResult:
 
 
 @dataclass
-class TrainState:
-    """Everything besides weights that a resumed run needs to continue identically."""
-
-    epoch: int = 0
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    train_losses: list[float] = field(default_factory=list)
-    valid_losses: list[float] = field(default_factory=list)
-    epoch_seconds: list[float] = field(default_factory=list)
-    samples_seen: int = 0
-
-
-@dataclass
 class TrainingResult:
     unmix: umx_model.OpenUnmix  # the best-validation weights, on CPU
     state: TrainState
 
 
 EpochCallback = Callable[[EpochResult], None]
+Scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau
 
 
 def compute_statistics(
@@ -115,7 +107,7 @@ class Trainer:
         """Train until config.epochs or early stopping; resume continues from the last checkpoint."""
         torch.manual_seed(self.config.seed)
         if resume:
-            unmix, optimizer, scheduler, state, best = self._load_checkpoint()
+            unmix, optimizer, scheduler, state, best = self._resume()
         else:
             mean, scale = compute_statistics(self.config, self.data, self.progress)
             unmix = build_unmix(self.config, mean, scale).to(self.device)
@@ -125,7 +117,16 @@ class Trainer:
             result = self._run_epoch(unmix, optimizer, scheduler, state)
             if result.best_epoch == result.epoch:
                 best = copy.deepcopy(unmix.state_dict())
-            self._save_checkpoint(unmix, optimizer, scheduler, state, best)
+            checkpoint = Checkpoint(
+                config=self.config,
+                state=state,
+                model=unmix.state_dict(),
+                best_model=best,
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                torch_rng=torch.get_rng_state(),
+            )
+            write_checkpoint(self.checkpoint_path, checkpoint)
             if on_epoch is not None:
                 on_epoch(result)
             if result.stop:
@@ -133,9 +134,7 @@ class Trainer:
         unmix.load_state_dict(best)
         return TrainingResult(unmix=unmix.cpu().eval(), state=state)
 
-    def make_optimizer(
-        self, unmix: torch.nn.Module
-    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
+    def make_optimizer(self, unmix: torch.nn.Module) -> tuple[torch.optim.Optimizer, Scheduler]:
         cfg = self.config
         optimizer = torch.optim.Adam(unmix.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -147,7 +146,7 @@ class Trainer:
         self,
         unmix: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+        scheduler: Scheduler,
         state: TrainState,
     ) -> EpochResult:
         epoch = state.epoch + 1
@@ -225,41 +224,18 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.checkpoint_dir / "checkpoint.pt"
+        return self.checkpoint_dir / CHECKPOINT_FILE
 
-    def _save_checkpoint(
-        self,
-        unmix: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
-        state: TrainState,
-        best: dict[str, torch.Tensor],
-    ) -> None:
-        """Write the checkpoint to a temporary file, then rename: a crash never leaves half a file."""
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "config": json.dumps(self.config.to_params()),
-            "state": json.dumps(asdict(state)),
-            "model": unmix.state_dict(),
-            "best_model": best,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(self.checkpoint_path)
-
-    def _load_checkpoint(self) -> tuple[Any, Any, Any, TrainState, dict[str, torch.Tensor]]:
-        payload = load_checkpoint(self.checkpoint_path)
-        saved = TrainConfig.from_dict(json.loads(payload["config"]))
-        changes = saved.model_shape_changes(self.config)
+    def _resume(self) -> tuple[umx_model.OpenUnmix, torch.optim.Optimizer, Scheduler, TrainState, StateDict]:
+        """The network, optimizer, scheduler, state and best weights of the last checkpoint."""
+        checkpoint = read_checkpoint(self.checkpoint_path)
+        changes = checkpoint.config.model_shape_changes(self.config)
         if changes:
             raise ModelError(f"cannot resume {self.checkpoint_path}: {changes}")
         unmix = build_unmix(self.config).to(self.device)
-        unmix.load_state_dict(payload["model"])
+        unmix.load_state_dict(checkpoint.model)
         optimizer, scheduler = self.make_optimizer(unmix)
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        torch.set_rng_state(payload["torch_rng"])
-        return unmix, optimizer, scheduler, TrainState(**json.loads(payload["state"])), payload["best_model"]
+        optimizer.load_state_dict(checkpoint.optimizer)
+        scheduler.load_state_dict(checkpoint.scheduler)
+        torch.set_rng_state(checkpoint.torch_rng)
+        return unmix, optimizer, scheduler, checkpoint.state, checkpoint.best_model
