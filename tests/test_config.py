@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import click
 import pytest
 import yaml
 from conftest import REPO
@@ -71,5 +72,7 @@ def test_mlproject_main_entry_point_matches_train_config() -> None:
 
 
 def test_train_command_has_an_option_per_parameter() -> None:
-    options = {opt for p in cli.commands["train"].params for opt in p.opts}
+    train = cli.get_command(click.Context(cli), "train")  # the group imports its commands lazily
+    assert train is not None
+    options = {opt for p in train.params for opt in p.opts}
     assert {option_name(f.name) for f in param_fields()} <= options

@@ -96,13 +96,8 @@ class TrainConfig:
 
     def replace(self, *, where: str = "", **changes: Any) -> TrainConfig:
         """A copy with some values changed, each coerced to its parameter's type and checked."""
-        known = {f.name: f for f in fields(self)}
         prefix = f"{where}: " if where else ""
-        coerced = {}
-        for name, value in changes.items():
-            if name not in known:
-                raise ConfigError(f"{prefix}unknown parameter {name!r}; allowed: {', '.join(known)}")
-            coerced[name] = coerce(known[name], value, prefix)
+        coerced = {name: coerce(param_field(name, prefix), value, prefix) for name, value in changes.items()}
         try:
             return dataclasses.replace(self, **coerced)
         except ConfigError as err:
@@ -139,9 +134,23 @@ def param_fields() -> tuple[dataclasses.Field, ...]:
     return fields(TrainConfig)
 
 
+def param_field(name: str, prefix: str = "") -> dataclasses.Field:
+    """The TrainConfig field of a parameter name; ConfigError (prefix + message) for an unknown name."""
+    known = {f.name: f for f in param_fields()}
+    if name not in known:
+        raise ConfigError(f"{prefix}unknown parameter {name!r}; allowed: {', '.join(known)}")
+    return known[name]
+
+
+def param_type(f: dataclasses.Field) -> str:
+    """A TrainConfig field's type name: 'int', 'float', 'bool' or 'str'."""
+    # `from __future__ import annotations` above makes every annotation a string
+    return f.type if isinstance(f.type, str) else f.type.__name__
+
+
 def coerce(f: dataclasses.Field, value: Any, prefix: str = "") -> Any:
     """Convert value (possibly a string from a CLI or file) to the field's type."""
-    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    kind = param_type(f)
     try:
         if kind == "bool":
             return _to_bool(value)

@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from umx_tune.config import STREAM_PRECISIONS, TrainConfig, param_fields
+from umx_tune.config import STREAM_PRECISIONS, TrainConfig, param_fields, param_type
 from umx_tune.paths import DEFAULT_CHECKPOINT_ROOT
+from umx_tune.tracking import DEFAULT_EXPERIMENT
 
 _CLICK_TYPES: dict[str, Any] = {
     "int": click.INT,
@@ -34,7 +35,7 @@ def config_options(only: Iterable[str] | None = None) -> Callable[[Callable], Ca
         for f in reversed(param_fields()):
             if wanted is not None and f.name not in wanted:
                 continue
-            kind = f.type if isinstance(f.type, str) else f.type.__name__
+            kind = param_type(f)
             extra: dict[str, Any] = {}
             if kind == "bool":  # `--unidirectional` alone, or `--unidirectional false` (MLproject)
                 extra = {"is_flag": False, "flag_value": True}
@@ -81,5 +82,5 @@ precision_option = click.option(
 
 QUIET = click.option("--quiet", is_flag=True, help="no progress output")
 EXPERIMENT = click.option(
-    "--experiment", default="umx-tune", show_default=True, help="MLflow experiment name"
+    "--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name"
 )

@@ -8,8 +8,8 @@ Optuna at run time is `config_for`: it turns a trial into a TrainConfig.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.distributions import (
@@ -21,22 +21,11 @@ from optuna.distributions import (
     json_to_distribution,
 )
 
-from umx_tune.config import TrainConfig, coerce
+from umx_tune.config import TrainConfig, coerce, param_field, param_type
 from umx_tune.errors import ConfigError
 from umx_tune.search import files
 
 GRID_ENTRY_ATTR = "grid_entry"  # Optuna user attr naming the grid entry an enqueued trial runs
-
-
-class Plan(Protocol):
-    """A grid or a space: what a study's trials run."""
-
-    mode: str
-    name: str
-
-    def distributions(self) -> dict[str, BaseDistribution]: ...
-    def config_for(self, trial: optuna.Trial, base: TrainConfig) -> TrainConfig: ...
-    def to_json(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -169,27 +158,24 @@ _SPEC_KEYS = {
 
 def _distribution(name: str, spec: Any, base: TrainConfig, where: str) -> BaseDistribution:
     """One space entry as an Optuna distribution whose every value TrainConfig accepts."""
-    known = {f.name: f for f in fields(TrainConfig)}
-    if name not in known:
-        raise ConfigError(f"{where}: unknown parameter {name!r}; allowed: {', '.join(known)}")
+    param = param_field(name, f"{where}: ")
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind not in _SPEC_KEYS:
         raise ConfigError(f"{where}: 'type' must be one of {', '.join(_SPEC_KEYS)}")
     required, optional = _SPEC_KEYS[kind]
     files.check_keys(spec, where, required, optional)
-    declared = known[name].type
-    field_type = declared if isinstance(declared, str) else getattr(declared, "__name__", str(declared))
+    field_type = param_type(param)
     if kind == "categorical":
         choices = spec["choices"]
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}.choices: expected a non-empty list")
-        values = [coerce(known[name], c, f"{where}.choices: ") for c in choices]
+        values = [coerce(param, c, f"{where}.choices: ") for c in choices]
         for value in values:
             base.replace(where=f"{where}.choices", **{name: value})
         return CategoricalDistribution(values)
     if kind != field_type:
         raise ConfigError(f"{where}: {name} is a {field_type} parameter; 'type: {kind}' does not fit it")
-    bounds = {key: coerce(known[name], spec[key], f"{where}.{key}: ") for key in ("low", "high")}
+    bounds = {key: coerce(param, spec[key], f"{where}.{key}: ") for key in ("low", "high")}
     for key, value in bounds.items():
         base.replace(where=f"{where}.{key}", **{name: value})
     log = bool(spec.get("log", False))
