@@ -5,6 +5,7 @@ config ─► data ─► train ─► evaluate ─► realtime probe ─► log
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from openunmix.model import Separator
 from umx_tune import tracking
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import Track, open_dataset
+from umx_tune.evaluation.protocol import Protocol, protocol_for
 from umx_tune.evaluation.scoring import EvaluationResult, evaluate_tracks
 from umx_tune.paths import DEFAULT_CHECKPOINT_ROOT
 from umx_tune.report.plots import loss_curve_png
@@ -72,14 +74,9 @@ def run_experiment(
     training = trainer.fit(after_epoch, resume=resume)
     _log_training(tracker, training.state)
     separator = build_separator(config, training.unmix.to(device))
+    protocol = protocol_for(config, data.digest(splits=("test",)))
     evaluation = evaluate_and_log(
-        separator,
-        data.test,
-        config.target,
-        evaluator=config.evaluator,
-        device=device,
-        tracker=tracker,
-        progress=progress,
+        separator, data.test, protocol, device=device, tracker=tracker, progress=progress
     )
     measurement = speed.probe(separator, data.test, device)
     tracker.log_realtime(measurement)
@@ -115,22 +112,48 @@ def _log_training(tracker: RunTracker, state: TrainState) -> None:
 def evaluate_and_log(
     separator: Separator,
     tracks: list[Track],
-    target: str,
+    protocol: Protocol,
     *,
-    evaluator: str,
     device: torch.device,
     tracker: RunTracker,
     progress: bool,
 ) -> EvaluationResult:
-    """Score the test tracks; log per-estimate metrics, the target's plain SDR/SIR/ISR/SAR and the
-    per-track JSONs (under eval/). The pipeline and `umx-tune evaluate` both end here."""
+    """Score the test tracks as protocol says (its evaluator; its first target is the model's); log
+    per-estimate metrics, the target's plain SDR/SIR/ISR/SAR, its per-track scores and the protocol
+    (tags), and the per-track JSONs (under eval/). The pipeline and `umx-tune evaluate` end here."""
+    target = protocol.targets[0]
     with artifact_tempdir() as tmp:
         evaluation = evaluate_tracks(
-            separator, tracks, target, Path(tmp), device=device, evaluator=evaluator, progress=progress
+            separator,
+            tracks,
+            target,
+            Path(tmp),
+            device=device,
+            evaluator=protocol.evaluator,
+            progress=progress,
         )
         tracker.log_artifacts(Path(tmp), tracking.EVAL_ARTIFACT_DIR)
     tracker.log_scores(evaluation.scores, target, evaluation.seconds)
+    tags = protocol.to_tags(tracking.TAG_PROTOCOL, tracking.TAG_PROTOCOL_SUMMARY)
+    track_scores = track_scores_tag(evaluation, target)
+    if track_scores is not None:
+        tags[tracking.TAG_TRACK_SCORES] = track_scores
+    tracker.set_tags(tags)
     return evaluation
+
+
+def track_scores_tag(evaluation: EvaluationResult, target: str) -> str | None:
+    """The target's per-track scores as compact JSON {track: {metric: dB}}, rounded to what fits in
+    one MLflow tag (None when even 2 decimals do not: the report then has no intervals over tracks)."""
+    scores = {
+        track: estimates[target] for track, estimates in evaluation.tracks.items() if target in estimates
+    }
+    for decimals in (4, 2):
+        rounded = {t: {m: round(v, decimals) for m, v in s.items()} for t, s in scores.items()}
+        text = json.dumps(rounded, separators=(",", ":"), sort_keys=True)
+        if len(text) <= tracking.MAX_TAG_LENGTH:
+            return text
+    return None
 
 
 def _print_epoch(result: EpochResult, epochs: int) -> None:

@@ -39,6 +39,7 @@ def evaluate(
 
     from umx_tune import tracking
     from umx_tune.data.dataset import open_dataset
+    from umx_tune.evaluation.protocol import protocol_for
     from umx_tune.pipeline import evaluate_and_log
     from umx_tune.report.summary import score_lines
     from umx_tune.separation.model import resolve_device
@@ -57,16 +58,14 @@ def evaluate(
     target = next(iter(separator.target_models))
     data = open_dataset(config, progress=not quiet)
     with start_run(experiment=experiment, run_name=run_name or f"evaluate {source}") as tracker:
-        tracker.set_tags({tracking.TAG_EVALUATED_MODEL: source, tracking.TAG_KIND: "evaluation"})
+        tracker.set_tags({tracking.TAG_EVALUATED_MODEL: source, tracking.TAG_KIND: tracking.KIND_EVALUATION})
         tracker.log_dataset(data.root, data.digest(), name=data.root.name)
+        # scored as the model separates: its own target and Wiener iterations
+        protocol = protocol_for(
+            config.replace(target=target), data.digest(splits=("test",)), niter=separator.niter
+        )
         result = evaluate_and_log(
-            separator,
-            data.test,
-            target,
-            evaluator=config.evaluator,
-            device=device,
-            tracker=tracker,
-            progress=not quiet,
+            separator, data.test, protocol, device=device, tracker=tracker, progress=not quiet
         )
         click.echo(f"run {tracker.run_id}: {source} on {len(data.test)} test tracks")
     click.echo("\n".join(score_lines(result.scores)))

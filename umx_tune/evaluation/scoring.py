@@ -29,11 +29,17 @@ from umx_tune.separation.offline import residual_name, separate
 T = TypeVar("T")
 
 
+# {track: {estimate: {metric: dB}}}: each track's scores, the median over its BSSEval frames
+TrackScores = dict[str, dict[str, dict[str, float]]]
+
+
 @dataclass
 class EvaluationResult:
-    """SiSEC aggregates {name: {metric: dB}} for the target and residual, and the time they took."""
+    """SiSEC aggregates {name: {metric: dB}} for the target and residual, each track's own scores,
+    and the time they took."""
 
     scores: dict[str, dict[str, float]]
+    tracks: TrackScores
     seconds: float
 
 
@@ -60,7 +66,8 @@ def evaluate_tracks(
         track_jsons = {track.name: job.result() for track, job in zip(tracks, jobs, strict=True)}
     for name, text in track_jsons.items():
         (out_dir / f"{name}.json").write_text(text)
-    return EvaluationResult(scores=aggregate(track_jsons), seconds=time.perf_counter() - start)
+    store = _eval_store(track_jsons)
+    return EvaluationResult(aggregate(store), per_track(store), seconds=time.perf_counter() - start)
 
 
 class _InlineExecutor(Executor):
@@ -93,15 +100,27 @@ def score_track(track: Track, target: str, estimates: dict[str, np.ndarray], eva
     return store.json
 
 
-def aggregate(track_jsons: dict[str, str]) -> dict[str, dict[str, float]]:
-    """SiSEC 2018 aggregation by museval's EvalStore: median over frames per track, then over tracks.
-
-    track_jsons maps track names to museval TrackStore JSON.
-    """
+def _eval_store(track_jsons: dict[str, str]) -> museval.EvalStore:
+    """museval's store of every track's frames (track_jsons: track name -> TrackStore JSON), with
+    SiSEC 2018's aggregation: median over frames per track, then median over tracks."""
     store = museval.EvalStore(frames_agg="median", tracks_agg="median")
     for name, text in track_jsons.items():
         store.add_track(museval.json2df(json.loads(text), name))
+    return store
+
+
+def aggregate(store: museval.EvalStore) -> dict[str, dict[str, float]]:
+    """SiSEC 2018 aggregates {estimate: {metric: dB}}: median over frames per track, then over tracks."""
     result: dict[str, dict[str, float]] = {}
     for (name, metric), value in store.agg_frames_tracks_scores().items():
         result.setdefault(name, {})[metric] = float(value)
+    return result
+
+
+def per_track(store: museval.EvalStore) -> TrackScores:
+    """Each track's scores (median over its frames); a track with no finite frame has none."""
+    result: TrackScores = {}
+    for (track, name, metric), value in store.agg_frames_scores().items():
+        if np.isfinite(value):
+            result.setdefault(track, {}).setdefault(name, {})[metric] = float(value)
     return result
