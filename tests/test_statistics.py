@@ -19,6 +19,7 @@ from umx_tune.evaluation.statistics import (
     Interval,
     Mark,
     bootstrap_mean,
+    bootstrap_median,
     difference_of_means,
     mark_best,
     not_significantly_worse,
@@ -240,3 +241,16 @@ def test_mark_best_marks_the_best_its_ties_and_the_rest() -> None:
     assert {marks[name] for name in ("small", "large", "large-alike")} == {Mark.UNTESTED}
     with pytest.raises(StatisticsError, match="no configs"):
         mark_best({}, higher_is_better=True, paired=False, unit=UNIT_SEEDS)
+
+
+def test_bootstrap_median_is_the_median_with_an_interval_of_medians() -> None:
+    # an outlier moves the mean far, the median (a SiSEC aggregate's statistic) not at all
+    scores = [1.0, 2.0, 2.5, 3.0, 40.0]
+    median = bootstrap_median(scores, unit=UNIT_TRACKS)
+    assert median.estimate == 2.5 and median.method == "percentile bootstrap of the median"
+    assert median.low is not None and median.high is not None
+    assert 1.0 <= median.low <= 2.5 <= median.high <= 40.0
+    assert median == bootstrap_median(scores, unit=UNIT_TRACKS)  # seeded: the same interval again
+    assert median.high < bootstrap_mean(scores, unit=UNIT_TRACKS).estimate
+    constant = bootstrap_median([4.2] * 6, unit=UNIT_TRACKS)
+    assert (constant.estimate, constant.low, constant.high) == (4.2, 4.2, 4.2)

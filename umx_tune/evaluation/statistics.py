@@ -10,8 +10,9 @@ an error, never a silent NaN interval.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -30,6 +31,7 @@ _MAX_ENUMERATED = 13
 _MAX_EXACT = 50  # scipy's "auto" limit of the exact (tie-free) signed-rank distribution
 
 Values = Sequence[float] | np.ndarray
+Statistic = Callable[..., Any]  # np.mean or np.median: (…, n) with axis -> (…)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,18 @@ def bootstrap_mean(
     return _bootstrap(x, unit=unit, method=method, resamples=resamples, seed=seed, level=level)
 
 
+def bootstrap_median(
+    values: Values, *, unit: str, resamples: int = MIN_RESAMPLES, seed: int = 0, level: float = LEVEL
+) -> Interval:
+    """Median of values (n,) with its percentile-bootstrap interval over the samples: the interval
+    of a SiSEC aggregate, which is a median over tracks."""
+    x = _sample(values, unit)
+    method = "percentile bootstrap of the median"
+    return _bootstrap(
+        x, unit=unit, method=method, resamples=resamples, seed=seed, level=level, statistic=np.median
+    )
+
+
 def difference_of_means(
     a: Values,
     b: Values,
@@ -130,7 +144,7 @@ def difference_of_means(
     if n < 2:
         return _no_interval(_mean(x) - _mean(y), n, unit, method, level)
     rng = np.random.default_rng(seed)
-    diffs = _resampled_means(x, rng, resamples) - _resampled_means(y, rng, resamples)
+    diffs = _resampled(x, rng, resamples) - _resampled(y, rng, resamples)
     # a difference of means lies between these, whatever the rounding of the means says
     lowest, highest = x.min() - y.max(), x.max() - y.min()
     low, high = _percentiles(np.clip(diffs, lowest, highest), level)
@@ -244,20 +258,32 @@ def _mean(x: np.ndarray) -> float:
     return float(np.clip(x.mean(), x.min(), x.max()))
 
 
-def _bootstrap(x: np.ndarray, *, unit: str, method: str, resamples: int, seed: int, level: float) -> Interval:
-    """Mean of x (n,) and the percentile interval of the means of its resamples."""
+def _bootstrap(
+    x: np.ndarray,
+    *,
+    unit: str,
+    method: str,
+    resamples: int,
+    seed: int,
+    level: float,
+    statistic: Statistic = np.mean,
+) -> Interval:
+    """statistic of x (n,) and the percentile interval of the statistic of its resamples."""
     _check_resampling(resamples, level)
+    estimate = float(np.clip(statistic(x), x.min(), x.max()))
     if x.size < 2:
-        return _no_interval(_mean(x), int(x.size), unit, method, level)
-    means = _resampled_means(x, np.random.default_rng(seed), resamples)
-    low, high = _percentiles(np.clip(means, x.min(), x.max()), level)
-    return Interval(_mean(x), low, high, int(x.size), unit, method, resamples, level)
+        return _no_interval(estimate, int(x.size), unit, method, level)
+    resampled = _resampled(x, np.random.default_rng(seed), resamples, statistic)
+    low, high = _percentiles(np.clip(resampled, x.min(), x.max()), level)
+    return Interval(estimate, low, high, int(x.size), unit, method, resamples, level)
 
 
-def _resampled_means(x: np.ndarray, rng: np.random.Generator, resamples: int) -> np.ndarray:
-    """Means of `resamples` draws of x.size samples with replacement, (resamples,)."""
+def _resampled(
+    x: np.ndarray, rng: np.random.Generator, resamples: int, statistic: Statistic = np.mean
+) -> np.ndarray:
+    """statistic of `resamples` draws of x.size samples with replacement, (resamples,)."""
     picks = rng.integers(0, x.size, size=(resamples, x.size))  # (resamples, n) indices into x
-    return x[picks].mean(axis=1)
+    return np.asarray(statistic(x[picks], axis=1))
 
 
 def _percentiles(estimates: np.ndarray, level: float) -> tuple[float, float]:
