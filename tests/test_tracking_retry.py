@@ -1,5 +1,6 @@
-"""A request whose connection is cut while the answer arrives is tried again, through MLflow's own
-HTTP client against a real socket server; other errors are not."""
+"""The retry policy, through MLflow's own HTTP client against a real socket server: a request whose
+answer is cut midway is tried again; an error answer, and a refused connection that MLflow's own
+retries have already given up on, are not."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.utils.rest_utils import MlflowHostCreds, http_request, verify_rest_response
 
-from umx_tune import tracking
-from umx_tune.tracking.retry import CUT_CONNECTION_RETRIES, survives_cut_connections
+from umx_tune.tracking import retry
+from umx_tune.tracking.retry import ATTEMPTS, retried
 
 BODY = b'{"ok": true}'
 
@@ -47,15 +48,15 @@ def get(url: str, calls: list[int]) -> str:
 
 
 def test_an_answer_cut_midway_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(retry.time, "sleep", lambda seconds: None)
     url = serve([answer("200 OK", BODY[:3], length=len(BODY)), answer("200 OK", BODY)])
     calls: list[int] = []
-    assert survives_cut_connections(get)(url, calls) == BODY.decode()
+    assert retried(get)(url, calls) == BODY.decode()
     assert len(calls) == 2
 
 
 def test_an_error_answer_is_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(retry.time, "sleep", lambda seconds: None)
     url = serve([answer("400 Bad Request", b'{"error_code": "INVALID_PARAMETER_VALUE", "message": "no"}')])
     calls: list[int] = []
 
@@ -65,15 +66,26 @@ def test_an_error_answer_is_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> 
         verify_rest_response(response, "/api/2.0/mlflow/runs/get")
 
     with pytest.raises(MlflowException, match="no"):
-        survives_cut_connections(get_verified)(url, calls)
+        retried(get_verified)(url, calls)
     assert len(calls) == 1
 
 
 def test_a_cut_that_lasts_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(retry.time, "sleep", lambda seconds: None)
     cut = answer("200 OK", BODY[:3], length=len(BODY))
-    url = serve([cut] * CUT_CONNECTION_RETRIES)
+    url = serve([cut] * ATTEMPTS)
     calls: list[int] = []
     with pytest.raises(MlflowException, match="IncompleteRead|Connection broken"):
-        survives_cut_connections(get)(url, calls)
-    assert len(calls) == CUT_CONNECTION_RETRIES
+        retried(get)(url, calls)
+    assert len(calls) == ATTEMPTS
+
+
+def test_a_refused_connection_is_left_to_mlflows_own_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retry.time, "sleep", lambda seconds: None)
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    calls: list[int] = []
+    with pytest.raises(MlflowException, match="Max retries exceeded"):
+        retried(get)(url, calls)
+    assert len(calls) == 1

@@ -9,7 +9,7 @@ from umx_tune.report.runs import Report, reading_client
 from umx_tune.report.tables import target_label
 from umx_tune.tracking.runs import artifact_tempdir
 
-PLOTS_ARTIFACT_PATH = "report"
+PLOTS_ARTIFACT_PATH = tracking.REPORT_ARTIFACT_DIR
 
 
 def write_plots(report: Report, folder: Path) -> list[Path]:
@@ -62,5 +62,5 @@ def log_plots(report: Report, run_id: str) -> list[str]:
     with artifact_tempdir() as tmp:
         written = write_plots(report, Path(tmp))
         if written:
-            client.log_artifacts(run_id, tmp, PLOTS_ARTIFACT_PATH)
+            client.log_artifacts(run_id, Path(tmp), PLOTS_ARTIFACT_PATH)
     return [f"{PLOTS_ARTIFACT_PATH}/{path.name}" for path in written]

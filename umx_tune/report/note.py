@@ -28,7 +28,7 @@ def ui_url(report: Report) -> str | None:
     query = urllib.parse.urlencode(
         {
             "workflowType": "machine_learning",
-            "searchFilter": f"tags.`{tracking.TAG_STUDY}` = '{report.study}'",
+            "searchFilter": tracking.tag_equals(tracking.TAG_STUDY, report.study),
         },
         quote_via=urllib.parse.quote,
     )

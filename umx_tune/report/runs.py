@@ -4,17 +4,14 @@ curves) of a study, an experiment or a list of run ids, in report order."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from mlflow.entities import Run, ViewType
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from umx_tune import tracking
 from umx_tune.config import coerce, param_fields
 from umx_tune.errors import ReportError, UmxTuneError
+from umx_tune.tracking.client import Client, Run
 from umx_tune.tracking.server import check_server, tracking_uri
 
 CURVE_METRICS = (tracking.TRAIN_LOSS, tracking.VALID_LOSS, tracking.EPOCH_SECONDS)
@@ -58,48 +55,21 @@ class Report:
     experiment_id: str | None = None
 
 
-def reading_client() -> MlflowClient:
+def reading_client() -> Client:
+    """The tracking client, once its server answers."""
     check_server()
-    return MlflowClient()
+    return Client()
 
 
 def where() -> str:
     return f"on {tracking_uri()}"
 
 
-def _all_pages(search: Callable[[str | None], Any]) -> list[Any]:
-    """Every item of a paged MLflow search (search takes a page token, returns a PagedList)."""
-    items: list[Any] = []
-    token: str | None = None
-    while True:
-        page = search(token)
-        items.extend(page)
-        token = page.token
-        if not token:
-            return items
-
-
-def _literal(value: str) -> str:
-    """A string literal for MLflow's filter syntax (which has no escapes: pick the other quote)."""
-    if "'" in value and '"' in value:
-        raise ReportError(f"name {value!r} holds both kinds of quote; MLflow cannot search for it")
-    return f'"{value}"' if "'" in value else f"'{value}'"
-
-
-def search_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list[Run]:
-    return _all_pages(
-        lambda token: client.search_runs(
-            experiment_ids, filter_string, ViewType.ACTIVE_ONLY, max_results=1000, page_token=token
-        )
-    )
-
-
-def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
+def _experiment_ids(client: Client, experiment: str | None) -> list[str]:
     """The named experiment's id, or every active experiment's when no name is given."""
     if experiment is None:
-        found = _all_pages(lambda token: client.search_experiments(page_token=token))
-        return [e.experiment_id for e in found]
-    exp = client.get_experiment_by_name(experiment)
+        return client.experiment_ids()
+    exp = client.find_experiment(experiment)
     if exp is None or exp.lifecycle_stage != "active":
         raise ReportError(f"no experiment named {experiment!r} {where()}")
     return [exp.experiment_id]
@@ -126,13 +96,11 @@ def _int_or_none(text: str | None) -> int | None:
     return int(text) if text is not None and text.lstrip("-").isdigit() else None
 
 
-def run_row(client: MlflowClient, run: Run) -> RunRow:
+def run_row(client: Client, run: Run) -> RunRow:
     """A RunRow from an MLflow run, fetching the per-epoch histories it has."""
     tags = run.data.tags
     curves = {
-        key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-        for key in CURVE_METRICS
-        if key in run.data.metrics
+        key: client.metric_history(run.info.run_id, key) for key in CURVE_METRICS if key in run.data.metrics
     }
     entry = tags.get(tracking.TAG_GRID_ENTRY) or None
     return RunRow(
@@ -172,19 +140,19 @@ def ordered(rows: Iterable[RunRow]) -> list[RunRow]:
     return ordered
 
 
-def _study_runs(client: MlflowClient, study: str, experiment_ids: list[str]) -> tuple[Run | None, list[Run]]:
+def _study_runs(client: Client, study: str, experiment_ids: list[str]) -> tuple[Run | None, list[Run]]:
     """The study's parent run (the newest, should there be several) and its trial runs.
 
     Trials are the runs tagged with the study that are nested, plus any other run nested under the
     parent (so that a trial whose tags were not yet written still shows up).
     """
-    tagged = search_runs(client, experiment_ids, f"tags.`{tracking.TAG_STUDY}` = {_literal(study)}")
+    tagged = client.search_runs(experiment_ids, tracking.tag_equals(tracking.TAG_STUDY, study))
     parents = sorted((r for r in tagged if _is_study_parent(r)), key=lambda r: r.info.start_time or 0)
     parent = parents[-1] if parents else None
     trials = {r.info.run_id: r for r in tagged if not _is_study_parent(r)}
     if parent is not None:
-        nested = f"tags.`{tracking.TAG_PARENT_RUN}` = '{parent.info.run_id}'"
-        for run in search_runs(client, [parent.info.experiment_id], nested):
+        nested = tracking.tag_equals(tracking.TAG_PARENT_RUN, parent.info.run_id)
+        for run in client.search_runs([parent.info.experiment_id], nested):
             trials.setdefault(run.info.run_id, run)
     return parent, list(trials.values())
 
@@ -207,7 +175,7 @@ def load_study(study: str, experiment: str | None = None) -> Report:
 def load_experiment(experiment: str) -> Report:
     """Every run of an experiment, except study parent runs (their trials are listed instead)."""
     client = reading_client()
-    runs = [r for r in search_runs(client, _experiment_ids(client, experiment)) if not _is_study_parent(r)]
+    runs = [r for r in client.search_runs(_experiment_ids(client, experiment)) if not _is_study_parent(r)]
     if not runs:
         raise ReportError(f"experiment {experiment!r} has no runs")
     return Report(f"experiment {experiment}", ordered(run_row(client, run) for run in runs))
@@ -216,25 +184,25 @@ def load_experiment(experiment: str) -> Report:
 def load_runs(run_ids: Sequence[str]) -> Report:
     """The given runs, in report order."""
     client = reading_client()
-    runs = []
-    for run_id in run_ids:
-        try:
-            runs.append(client.get_run(run_id))
-        except MlflowException:
-            raise ReportError(f"no run with id {run_id!r} {where()}") from None
+    runs = [_run(client, run_id) for run_id in run_ids]
     return Report(f"{len(runs)} runs", ordered(run_row(client, run) for run in runs))
 
 
 def load_children(parent_run_id: str) -> Report:
     """The runs nested under a (study) parent run, titled after its study."""
     client = reading_client()
-    try:
-        parent = client.get_run(parent_run_id)
-    except MlflowException:
-        raise ReportError(f"no run with id {parent_run_id!r} {where()}") from None
+    parent = _run(client, parent_run_id)
     study = parent.data.tags.get(tracking.TAG_STUDY)
-    nested = f"tags.`{tracking.TAG_PARENT_RUN}` = '{parent_run_id}'"
-    runs = search_runs(client, [parent.info.experiment_id], nested)
+    runs = client.search_runs(
+        [parent.info.experiment_id], tracking.tag_equals(tracking.TAG_PARENT_RUN, parent_run_id)
+    )
     title = f"study {study}" if study else (parent.info.run_name or parent_run_id)
     rows = ordered(run_row(client, run) for run in runs)
     return Report(title, rows, study=study, parent_run_id=parent_run_id)
+
+
+def _run(client: Client, run_id: str) -> Run:
+    run = client.find_run(run_id)
+    if run is None:
+        raise ReportError(f"no run with id {run_id!r} {where()}")
+    return run

@@ -57,8 +57,7 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
     url = options.storage_url or storage.default_url(tracking_uri())
     heartbeat = storage.HeartbeatSettings.every(options.heartbeat_interval)
     raw = storage.open_storage(url, heartbeat, worker.on_stale_trial)
-    with mirror.tracking_errors("to set up the study"):
-        ctx = open_study(request, raw, storage.masked(url), mirror.pop_project_run())
+    ctx = open_study(request, raw, storage.masked(url), mirror.pop_project_run())
     study = ctx.load(
         choices.make_sampler(ctx.settings.sampler, options.sampler_seed),
         choices.make_pruner(ctx.settings.pruner, _pruner_settings(ctx, options)),

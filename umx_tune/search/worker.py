@@ -33,7 +33,6 @@ from umx_tune.search.trial import Pruned, TrialOptions, label, run_trial
 
 REASON_ATTR = "fail_reason"
 PRUNED_EPOCH_ATTR = "pruned_epoch"
-RETRY_OF_ATTR = "retry_of"
 RETRIES_ATTR = "retries"
 MAX_RETRIES = 3  # a trial that kills its worker again and again is given up after this many
 
@@ -152,7 +151,8 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
         print(f"{study.study_name}: trial {trial.number} given up after {retries} retries", file=sys.stderr)
         return
     params = trial.params or trial.system_attrs.get("fixed_params", {})
-    attrs = {RETRY_OF_ATTR: trial.user_attrs.get(RETRY_OF_ATTR, trial.number), RETRIES_ATTR: retries + 1}
+    retry_of = trial.user_attrs.get(mirror.RETRY_OF_ATTR, trial.number)
+    attrs = {mirror.RETRY_OF_ATTR: retry_of, RETRIES_ATTR: retries + 1}
     for kept in (GRID_ENTRY_ATTR, REPLICATE_ATTR):
         if kept in trial.user_attrs:
             attrs[kept] = trial.user_attrs[kept]

@@ -2,14 +2,19 @@
 metrics, params, tags and artifact paths (it imports no MLflow, so anything may use it).
 
     server   the tracking URI and the fail-fast health check
-    retry    the one retry policy for MLflow calls that are safe to repeat
-    runs     a run: start, log, end (RunTracker)
-    models   models: log, load, find their run
+    retry    the one retry policy for MLflow calls (all of them safe to repeat)
+    client   every MLflow call umx-tune makes, retried, its refusals one-line TrackingErrors
+    runs     a run: start, log, end (RunTracker, bound to its run id)
+    models   models: load, find their run
+
+Searches quote their values with `filter_literal`, the one writer of MLflow filter literals.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from umx_tune.errors import TrackingError
 
 if TYPE_CHECKING:
     from umx_tune.separation.speed import Measurement
@@ -37,9 +42,13 @@ BLOCK_MS_P99 = "block_ms_p99"
 SEPARATION_METRICS = ("SDR", "SIR", "ISR", "SAR")
 
 # tag names
+TAG_VERSION = "umx_tune.version"
+TAG_TORCH_VERSION = "torch.version"
+TAG_OPENUNMIX_VERSION = "openunmix.version"
 TAG_SIGNATURE = "umx_tune.signature"
 TAG_DEVICE = "umx_tune.device"
 TAG_ERROR = "umx_tune.error"
+ERROR_LIMIT = 5000  # characters of an error kept in TAG_ERROR (MLflow allows 8000 per tag)
 # what the real-time factors were measured on: device, torch threads, the processor's name
 TAG_RTF_DEVICE = "umx_tune.rtf_device"
 TAG_RTF_THREADS = "umx_tune.rtf_threads"
@@ -75,6 +84,15 @@ TRIAL_VALUE = "trial_value"
 TRIAL_INTERMEDIATE = "trial_intermediate_value"
 BEST_VALUE = "best_value"
 STUDY_ARTIFACT_DIR = "study"
+STUDY_PLAN_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/plan.json"  # the grid or space the study runs
+STUDY_TRIALS_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/trials.csv"  # Optuna's trials table
+STUDY_BEST_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/best.json"
+STUDY_PARETO_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/pareto_front.json"
+# MLflow's run statuses
+STATUS_RUNNING = "RUNNING"
+STATUS_FINISHED = "FINISHED"
+STATUS_FAILED = "FAILED"
+STATUS_KILLED = "KILLED"
 # MLflow's own tags: the UI shows these as the run name, the nesting and the run's description
 TAG_RUN_NAME = "mlflow.runName"
 TAG_PARENT_RUN = "mlflow.parentRunId"
@@ -83,14 +101,53 @@ TAG_NOTE = "mlflow.note.content"
 MODEL_ARTIFACT = "model"
 EVAL_ARTIFACT_DIR = "eval"  # museval's per-track JSON files
 CHECKPOINT_ARTIFACT_DIR = "checkpoint"  # the training checkpoint, for --resume elsewhere
-PLOTS_ARTIFACT_DIR = "plots"
-TAG_KIND = "umx_tune.kind"  # "evaluation" on the runs of `umx-tune evaluate`
+PLOTS_ARTIFACT_DIR = "plots"  # a run's loss curve; a study parent run's Optuna plots
+REPORT_ARTIFACT_DIR = "report"  # the plots `umx-tune report` logs to a study's parent run
+DATASET_CONTEXT = "training"  # the context of the run's dataset input
+TAG_KIND = "umx_tune.kind"
+KIND_EVALUATION = "evaluation"  # TAG_KIND of the runs of `umx-tune evaluate`
 TAG_EVALUATED_MODEL = "umx_tune.evaluated_model"
 
 
 def metric_name(estimate: str, metric: str) -> str:
     """Per-estimate BSSEval metric name, e.g. 'vocals_SDR', 'accompaniment_SIR'."""
     return f"{estimate}_{metric}"
+
+
+def trial_value_name(index: int) -> str:
+    """A trial's objective value: 'trial_value' for the first objective, 'trial_value_1', … after."""
+    return f"{TRIAL_VALUE}_{index}" if index else TRIAL_VALUE
+
+
+def trial_count_name(state: str) -> str:
+    """The study parent run's count of trials in an Optuna state: 'trials_complete', 'trials_pruned', …"""
+    return f"trials_{state.lower()}"
+
+
+def run_model_uri(run_id: str) -> str:
+    """The URI of the model a umx-tune run logged: runs:/<id>/model."""
+    return f"runs:/{run_id}/{MODEL_ARTIFACT}"
+
+
+def filter_literal(value: str) -> str:
+    """value as a string literal of MLflow's search filters (runs, model versions).
+
+    Their grammar has no escapes: a value is quoted with the quote it does not hold, and one that
+    holds both kinds cannot be searched for (TrackingError; a study of such a name is refused at
+    creation, where its storage guard first searches for it).
+    """
+    if "'" in value and '"' in value:
+        raise TrackingError(
+            f"name {value!r} holds both ' and \", which MLflow's search filters cannot match; "
+            "use a name without one of them"
+        )
+    quote = '"' if "'" in value else "'"
+    return f"{quote}{value}{quote}"
+
+
+def tag_equals(key: str, value: str) -> str:
+    """An MLflow search filter for the runs whose tag key equals value: tags.`key` = 'value'."""
+    return f"tags.`{key}` = {filter_literal(value)}"
 
 
 def realtime_values(measurement: Measurement, suffix: str = "") -> tuple[dict[str, float], dict[str, str]]:

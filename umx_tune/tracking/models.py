@@ -1,4 +1,5 @@
-"""Models in MLflow: URIs, run ids and loading the Separator a umx-tune run logged."""
+"""Models in MLflow: URIs, run ids and loading the Separator a umx-tune run logged (logging one is
+RunTracker.log_model). Reads are retried by the one policy."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import torch
 from openunmix.model import Separator
 
 from umx_tune.errors import ModelError, first_line
+from umx_tune.tracking import run_model_uri
+from umx_tune.tracking.retry import retried
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def model_uri(ref: str) -> str:
     """An MLflow model URI from a URI or a bare run id (-> runs:/<id>/model)."""
-    return f"runs:/{ref}/model" if _RUN_ID.match(ref) else ref
+    return run_model_uri(ref) if _RUN_ID.match(ref) else ref
 
 
 def load_separator(ref: str, device: torch.device) -> Separator:
@@ -27,7 +30,7 @@ def load_separator(ref: str, device: torch.device) -> Separator:
     # MLflow's download progress bars would precede a later one-line error on stderr
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        model = mlflow.pytorch.load_model(uri, map_location=device)
+        model = retried(mlflow.pytorch.load_model)(uri, map_location=device)
     except (MlflowException, OSError) as err:
         first = first_line(err)
         raise ModelError(f"cannot load model {uri!r}: {first}") from None
@@ -42,7 +45,7 @@ def model_run_id(uri: str) -> str:
     from mlflow.models import get_model_info
 
     try:
-        run_id = get_model_info(uri).run_id
+        run_id = retried(get_model_info)(uri).run_id
     except (MlflowException, OSError) as err:
         raise ModelError(f"cannot find the run of model {uri!r}: {first_line(err)}") from None
     if not run_id:

@@ -1,7 +1,20 @@
-"""The one retry policy for MLflow calls that are safe to repeat."""
+"""The one retry policy for MLflow calls, every one of them safe to repeat (tracking.client makes
+them all).
+
+A call is tried again, after waits of 1, 2, 4 and 8 s, when a repeat can succeed where it failed:
+
+- the connection broke while the answer arrived (a server restarting, a proxy dropping). MLflow's
+  HTTP client retries a refused connection and an answer that never began itself, with its own
+  backoff of minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES); such errors come here spent and are not
+  repeated, or a server that is down would hold a run five times as long before it fails;
+- the call lost a check-then-insert race on the server: two workers logging the same dataset
+  into one experiment at once both find it missing and both insert it; the loser's transaction
+  is rolled back with a unique-constraint error, and its repeat finds the winner's row.
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -11,32 +24,48 @@ from mlflow.exceptions import MlflowException
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-CUT_CONNECTION_RETRIES = 5  # waits of 1, 2, 4, 8 s: a server that drops out for ~15 s loses nothing
+ATTEMPTS = 5  # waits of 1, 2, 4, 8 s: a server that drops out for ~15 s loses nothing
+# how sqlite, PostgreSQL and MySQL word a unique-constraint violation (MLflow passes it on as BAD_REQUEST)
+_UNIQUE_VIOLATION = re.compile("UNIQUE constraint failed|UniqueViolation|duplicate key value|Duplicate entry")
 
 
-def _connection_cut(err: MlflowException) -> bool:
-    """Whether err is a request whose connection broke: refused, reset, or cut mid-response."""
+def _cut_midway(err: MlflowException) -> bool:
+    """Whether err is a request whose answer was cut while it arrived."""
     import requests
+    from urllib3.exceptions import ProtocolError
 
     cause = err.__cause__ or err.__context__
-    return isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.ChunkedEncodingError)
+    if isinstance(cause, requests.exceptions.ChunkedEncodingError):
+        return True
+    # a ConnectionError wrapping MaxRetryError is one MLflow's own retries have given up on
+    reason = cause.args[0] if isinstance(cause, requests.exceptions.ConnectionError) and cause.args else None
+    return isinstance(reason, ProtocolError)
 
 
-def survives_cut_connections(call: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Retry call when its connection to the server broke. MLflow retries a refused connection
-    itself, but not one cut while the answer was arriving (a server restarting, a proxy dropping),
-    which would otherwise fail a whole run. For calls that can safely run twice."""
+def _lost_insert_race(err: MlflowException) -> bool:
+    """Whether the server rolled err's call back because another writer inserted the same row first."""
+    return err.error_code == "BAD_REQUEST" and bool(_UNIQUE_VIOLATION.search(err.message))
+
+
+def transient(err: MlflowException) -> bool:
+    """Whether a repeat of the call that raised err can succeed (see the module's docstring)."""
+    return _cut_midway(err) or _lost_insert_race(err)
+
+
+def retried(call: Callable[_P, _R]) -> Callable[_P, _R]:
+    """call, tried again on a transient error (up to ATTEMPTS in all). Only for calls that can
+    safely run twice: the server may have done what a cut answer was about to confirm."""
 
     @wraps(call)
     def retrying(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        attempt = 0
+        attempt = 1
         while True:
             try:
                 return call(*args, **kwargs)
             except MlflowException as err:
-                attempt += 1
-                if attempt == CUT_CONNECTION_RETRIES or not _connection_cut(err):
+                if attempt == ATTEMPTS or not transient(err):
                     raise
                 time.sleep(2 ** (attempt - 1))
+                attempt += 1
 
     return retrying

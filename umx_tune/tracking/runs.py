@@ -1,36 +1,42 @@
-"""One MLflow run: start (or reopen) it, log to it, end it with the right status."""
+"""One MLflow run: start (or reopen) it, log to it, end it with the right status.
+
+The run is named by its id in every call (tracking.client); MLflow's fluent API and its hidden
+active run are not used, so an end that is tried again can never start a second run.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
-from mlflow.entities import RunStatus
-from mlflow.exceptions import MlflowException
-
 import umx_tune
 from umx_tune.config import TrainConfig
-from umx_tune.errors import TrackingError, first_line
+from umx_tune.errors import first_line
 from umx_tune.tracking import (
+    DATASET_CONTEXT,
     DEFAULT_EXPERIMENT,
+    ERROR_LIMIT,
     EVAL_SECONDS,
-    MODEL_ARTIFACT,
     REALTIME_ARTIFACT_DIR,
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    STATUS_KILLED,
     TAG_ERROR,
+    TAG_OPENUNMIX_VERSION,
+    TAG_PARENT_RUN,
     TAG_SIGNATURE,
+    TAG_TORCH_VERSION,
+    TAG_VERSION,
     metric_name,
     realtime_values,
 )
-from umx_tune.tracking.retry import survives_cut_connections
+from umx_tune.tracking.client import Client, Run
 from umx_tune.tracking.server import check_server
 
 if TYPE_CHECKING:
@@ -43,52 +49,52 @@ def version_tags() -> dict[str, str]:
     import torch
 
     return {
-        "umx_tune.version": umx_tune.__version__,
-        "torch.version": torch.__version__,
-        "openunmix.version": getattr(openunmix, "__version__", "1.3.0"),
+        TAG_VERSION: umx_tune.__version__,
+        TAG_TORCH_VERSION: torch.__version__,
+        TAG_OPENUNMIX_VERSION: getattr(openunmix, "__version__", "1.3.0"),
     }
 
 
 class RunTracker:
-    """Logs one umx-tune run to the active MLflow run. Created by `start_run`.
+    """Logs one umx-tune run, by its id. Created by `start_run`.
 
-    Every call but the asynchronous metrics survives a connection cut for a few seconds; the model
-    too (a retry after a cut may leave one unused LoggedModel behind).
+    Every call is retried by the one policy; metrics are logged in the background and waited for
+    by `flush` (the run's end flushes).
     """
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(self, client: Client, run: Run) -> None:
+        self._client = client
+        self._run = run
+        self.run_id: str = run.info.run_id
+        self._pending: list[Callable[[], None]] = []
 
-    @survives_cut_connections
     def log_config(self, config: TrainConfig) -> None:
         """Params (TrainConfig names) and tags.
 
         Params already in the run are kept: MLflow params are immutable, `mlflow run` logs the
         MLproject parameters itself (shell-quoted), and a resumed run has them from its start.
         """
-        logged = mlflow.get_run(self.run_id).data.params
-        mlflow.log_params({k: v for k, v in config.to_params().items() if k not in logged})
-        mlflow.set_tags({**version_tags(), TAG_SIGNATURE: config.signature()})
+        logged = self._client.get_run(self.run_id).data.params
+        params = {k: v for k, v in config.to_params().items() if k not in logged}
+        self._client.log(
+            self.run_id, params=params, tags={**version_tags(), TAG_SIGNATURE: config.signature()}
+        )
 
-    @survives_cut_connections
     def set_tags(self, tags: dict[str, Any]) -> None:
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._client.log(self.run_id, tags=tags)
 
-    @survives_cut_connections
     def log_dataset(self, root: Path, digest: str, name: str) -> None:
         """The dataset as an MLflow input (context 'training') with its digest."""
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
-
-        with warnings.catch_warnings():  # MLflow warns that two registered local sources both match
-            warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(str(root))
-        dataset = MetaDataset(source=source, name=name, digest=digest)  # type: ignore[abstract]
-        mlflow.log_input(dataset, context="training")
+        self._client.log_dataset(self.run_id, root, name, digest, DATASET_CONTEXT)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Metrics, logged asynchronously so that logging never waits on the server."""
-        mlflow.log_metrics(metrics, step=step, synchronous=False)
+        """Metrics, logged in the background so that logging never waits on the server."""
+        self._pending.append(self._client.log_soon(self.run_id, metrics, step or 0))
+
+    def flush(self) -> None:
+        """Wait until every metric logged so far is stored (one lost in the background is sent again)."""
+        while self._pending:
+            self._pending.pop(0)()
 
     def log_realtime(self, measurement: Measurement) -> None:
         """The pipeline's real-time probe: plain `rtf`, `rtf_streaming`, … and what it ran on."""
@@ -103,21 +109,20 @@ class RunTracker:
         metrics[EVAL_SECONDS] = seconds
         self.log_metrics(metrics)
 
-    @survives_cut_connections
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        self._client.log_artifact(self.run_id, path, artifact_path)
 
-    @survives_cut_connections
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
-        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+        self._client.log_artifacts(self.run_id, folder, artifact_path)
 
-    @survives_cut_connections
     def log_text(self, text: str, artifact_file: str) -> None:
-        mlflow.log_text(text, artifact_file)
+        self._client.log_text(self.run_id, text, artifact_file)
 
-    @survives_cut_connections
     def log_model(self, model: Any) -> str:
-        """The separator in MLflow's pytorch flavor; returns its model URI."""
+        """The separator in MLflow's pytorch flavor; returns its model URI.
+
+        Metrics are flushed first: MLflow links the run's step-0 metrics (the scores) to the model.
+        """
         import openunmix
         import torch
 
@@ -126,18 +131,33 @@ class RunTracker:
             f"openunmix=={getattr(openunmix, '__version__', '1.3.0')}",
             "torchaudio",
         ]
-        # "pickle": torch.export (pt2) cannot trace the STFT/LSTM separator; weights + JSON config
-        # are also in the run's checkpoint/ artifact
-        pytorch_logger = logging.getLogger("mlflow.pytorch")
-        level = pytorch_logger.level
-        pytorch_logger.setLevel(logging.ERROR)  # silence the pickle advisory on every run
+        self.flush()
+        return self._client.log_model(self._run, model, requirements)
+
+    def end(self, status: str, error: str | None) -> None:
+        """Flush the metrics, record the error (if any) and end the run with status.
+
+        Each step is retried on its own and safe to repeat; the run is ended even when an earlier
+        step failed, so no retry ever leaves it RUNNING or touches another run.
+        """
         try:
-            info = mlflow.pytorch.log_model(
-                model, name=MODEL_ARTIFACT, pip_requirements=requirements, serialization_format="pickle"
-            )
+            self.flush()
+            if error:
+                self._client.set_tag(self.run_id, TAG_ERROR, error[:ERROR_LIMIT])
         finally:
-            pytorch_logger.setLevel(level)
-        return str(info.model_uri)
+            self._client.end_run(self.run_id, status)
+
+
+def _open_run(
+    client: Client, experiment: str, run_name: str | None, run_id: str | None, tags: dict[str, str]
+) -> Run:
+    """Reopen run_id (RUNNING again, tags added), or create a new run in the experiment."""
+    if run_id is None:
+        return client.create_run(client.experiment_id(experiment), run_name, tags)
+    client.reopen_run(run_id, run_name)
+    if tags:
+        client.log(run_id, tags=tags)
+    return client.get_run(run_id)
 
 
 @contextmanager
@@ -152,47 +172,28 @@ def start_run(
 ) -> Iterator[RunTracker]:
     """Start (or, with run_id, reopen) a run; it ends FINISHED, FAILED on error, KILLED on Ctrl-C.
 
-    Exceptions in killed_on also end it KILLED, their message as the error tag (a pruned trial).
-    Inside `mlflow run` (MLFLOW_RUN_ID set) the project's run is used.
+    A parent_run_id nests the new run under it. Exceptions in killed_on also end it KILLED, their
+    message as the error tag (a pruned trial). Inside `mlflow run` (MLFLOW_RUN_ID set) the
+    project's run is used.
     """
     check_server()
+    client = Client()
     run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
+    tags = {**(tags or {}), **({TAG_PARENT_RUN: parent_run_id} if parent_run_id else {})}
+    tracker = RunTracker(client, _open_run(client, experiment, run_name, run_id, tags))
     try:
-        if run_id is None:
-            mlflow.set_experiment(experiment)
-        active = mlflow.start_run(
-            run_id=run_id,
-            run_name=run_name,
-            parent_run_id=parent_run_id,
-            nested=bool(parent_run_id),
-            tags=tags,
-        )
-    except MlflowException as err:
-        raise TrackingError(f"MLflow refused to start the run: {first_line(err)}") from None
-    try:
-        yield RunTracker(active.info.run_id)
+        yield tracker
     except KeyboardInterrupt:
-        _end(RunStatus.KILLED, "interrupted")
+        tracker.end(STATUS_KILLED, "interrupted")
         raise
     except killed_on as err:
-        _end(RunStatus.KILLED, first_line(err))
+        tracker.end(STATUS_KILLED, first_line(err))
         raise
     except BaseException as err:
-        _end(RunStatus.FAILED, f"{type(err).__name__}: {first_line(err)}")
+        tracker.end(STATUS_FAILED, f"{type(err).__name__}: {first_line(err)}")
         raise
     else:
-        _end(RunStatus.FINISHED, None)
-
-
-@survives_cut_connections
-def _end(status: int, error: str | None) -> None:
-    """Flush async logging, record the error (if any) and end the run with the given status."""
-    try:
-        mlflow.flush_async_logging()
-        if error:
-            mlflow.set_tag(TAG_ERROR, error[:5000])
-    finally:
-        mlflow.end_run(RunStatus.to_string(status))
+        tracker.end(STATUS_FINISHED, None)
 
 
 def artifact_tempdir() -> tempfile.TemporaryDirectory:
@@ -203,12 +204,9 @@ def artifact_tempdir() -> tempfile.TemporaryDirectory:
 def log_realtime_to_run(run_id: str, measurements: list[Measurement], report: str) -> None:
     """Add measurements (metrics suffixed '_<device>_<threads>t') and the JSON report to a run.
 
-    The run is written through the client, so a finished run stays finished.
+    Only metrics, tags and an artifact are added: a finished run stays finished.
     """
-    from mlflow.entities import Metric, RunTag
-
-    client = mlflow.MlflowClient()
-    now = int(time.time() * 1000)
+    client = Client()
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
     for m in measurements:
@@ -217,12 +215,5 @@ def log_realtime_to_run(run_id: str, measurements: list[Measurement], report: st
         values, labels = realtime_values(m, suffix)
         metrics.update(values)
         tags.update(labels)
-    try:
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            tags=[RunTag(k, v) for k, v in tags.items()],
-        )
-        client.log_text(run_id, report, f"{REALTIME_ARTIFACT_DIR}/realtime-{now}.json")
-    except MlflowException as err:
-        raise TrackingError(f"cannot log to run {run_id}: {first_line(err)}") from None
+    client.log(run_id, metrics=metrics, tags=tags)
+    client.log_text(run_id, report, f"{REALTIME_ARTIFACT_DIR}/realtime-{int(time.time() * 1000)}.json")

@@ -1,0 +1,87 @@
+"""Runs through the tracking gateway against the session's real server: each tracker writes to its
+own run by id (a parent and its nested child open at once; the model too), and several processes
+logging the same dataset into one experiment at once all succeed."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+from threading import Barrier
+
+import mlflow
+from conftest import MlflowServer
+from mlflow.tracking import MlflowClient
+
+from umx_tune import tracking
+from umx_tune.tracking.runs import start_run
+
+RACERS = 3
+ROUNDS = 4
+
+
+def test_parent_and_nested_child_open_at_once_each_get_their_own_logs(tracking_uri: str) -> None:
+    experiment = "test-runs-by-id"
+    with start_run(experiment=experiment, run_name="parent") as parent:
+        with start_run(experiment=experiment, run_name="child", parent_run_id=parent.run_id) as child:
+            parent.log_metrics({"written_by": 1.0})
+            child.log_metrics({"written_by": 2.0})
+            child.set_tags({"owner": "child"})
+        parent.set_tags({"owner": "parent"})
+    assert mlflow.active_run() is None  # MLflow's fluent API holds no run of ours
+    client = MlflowClient(tracking_uri)
+    parent_run, child_run = client.get_run(parent.run_id), client.get_run(child.run_id)
+    assert (parent_run.data.metrics["written_by"], child_run.data.metrics["written_by"]) == (1.0, 2.0)
+    assert (parent_run.data.tags["owner"], child_run.data.tags["owner"]) == ("parent", "child")
+    assert child_run.data.tags[tracking.TAG_PARENT_RUN] == parent.run_id
+    assert tracking.TAG_PARENT_RUN not in parent_run.data.tags
+    assert (parent_run.info.status, child_run.info.status) == ("FINISHED", "FINISHED")
+
+
+def test_a_model_is_logged_into_its_runs_experiment_without_an_active_run(tracking_uri: str) -> None:
+    import torch
+
+    with start_run(experiment="test-runs-model") as run:
+        uri = run.log_model(torch.nn.Linear(2, 1))
+    info = mlflow.models.get_model_info(uri)
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(run.run_id).info.experiment_id
+    assert info.run_id == run.run_id
+    assert client.get_logged_model(info.model_id).experiment_id == experiment_id  # not the default one
+    loaded = mlflow.pytorch.load_model(uri)
+    assert isinstance(loaded, torch.nn.Linear) and loaded.in_features == 2
+    assert [r.info.run_id for r in client.search_runs([experiment_id])] == [run.run_id]
+
+
+def _log_the_shared_datasets(uri: str, experiment: str, root: str, barrier: Barrier) -> None:
+    """One racer: its own run in the experiment; each round, the dataset every racer logs then."""
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    with start_run(experiment=experiment) as run:
+        for round_ in range(ROUNDS):
+            barrier.wait(timeout=30)
+            run.log_dataset(Path(root), digest=f"digest-{round_}", name="shared")
+
+
+def test_processes_logging_one_dataset_at_once_all_succeed(
+    mlflow_server: MlflowServer, tmp_path: Path
+) -> None:
+    """The server finds the dataset missing for several of them and inserts it for each; all but one
+    insert fail on the unique constraint, and their retry finds the dataset."""
+    experiment = "test-runs-dataset-race"
+    client = MlflowClient(mlflow_server.uri)
+    experiment_id = client.create_experiment(experiment)
+    context = multiprocessing.get_context("spawn")  # no copy of this process's MLflow threads
+    barrier = context.Barrier(RACERS)
+    args = (mlflow_server.uri, experiment, str(tmp_path), barrier)
+    racers = [context.Process(target=_log_the_shared_datasets, args=args) for _ in range(RACERS)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=300)
+    assert [racer.exitcode for racer in racers] == [0] * RACERS
+    runs = client.search_runs([experiment_id])
+    assert len(runs) == RACERS
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        digests = sorted(d.dataset.digest for d in run.inputs.dataset_inputs)
+        assert digests == [f"digest-{r}" for r in range(ROUNDS)]

@@ -1,0 +1,261 @@
+"""Every MLflow call umx-tune makes: runs, experiments, artifacts, searches, models.
+
+Each call names its run (no active run of MLflow's fluent API is ever used), is retried by the one
+policy (tracking.retry) and fails as a one-line TrackingError. Callers pass plain dicts; MLflow's
+entities (tags, params, metrics, datasets) are built here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import requests
+from mlflow.entities import Experiment, Metric, Param, Run, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from umx_tune.errors import TrackingError, first_line
+from umx_tune.tracking import MODEL_ARTIFACT, filter_literal
+from umx_tune.tracking.retry import retried
+
+__all__ = ["Client", "Experiment", "Run"]  # Experiment, Run: the entities callers read back
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+PAGE = 1000  # runs per search request
+
+
+def _refused(doing: str, err: Exception) -> TrackingError:
+    """The one-line TrackingError of a failed call (credentials named when they are the cause)."""
+    text = first_line(err)
+    if "401" in text or "403" in text or "not authenticated" in text.lower():
+        credentials = "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+        text = f"the server rejected the credentials ({credentials}): {text}"
+    return TrackingError(f"MLflow refused {doing}: {text}")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _tags(tags: Mapping[str, object]) -> list[RunTag]:
+    return [RunTag(key, str(value)) for key, value in tags.items()]
+
+
+def _metrics(metrics: Mapping[str, float], step: int) -> list[Metric]:
+    now = _now_ms()
+    return [Metric(key, float(value), now, step) for key, value in metrics.items()]
+
+
+class Client:
+    """MlflowClient for umx-tune, on the tracking URI current when it is made."""
+
+    def __init__(self) -> None:
+        self._mlflow = MlflowClient()
+
+    def _call(self, doing: str, call: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """call under the retry policy; its failure as a one-line TrackingError about `doing`."""
+        try:
+            return retried(call)(*args, **kwargs)
+        except (MlflowException, requests.RequestException) as err:  # artifact uploads raise the latter
+            raise _refused(doing, err) from None
+
+    # experiments
+    def find_experiment(self, name: str) -> Experiment | None:
+        return self._call(f"to read experiment {name!r}", self._mlflow.get_experiment_by_name, name)
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it (another worker may create it at the same moment)."""
+        found = self.find_experiment(name)
+        if found is not None:
+            return str(found.experiment_id)
+        try:
+            return str(self._call(f"to create experiment {name!r}", self._mlflow.create_experiment, name))
+        except TrackingError:
+            found = self.find_experiment(name)  # another worker created it first: its id
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+    def experiment_name(self, experiment_id: str) -> str:
+        doing = f"to read experiment {experiment_id}"
+        return str(self._call(doing, self._mlflow.get_experiment, experiment_id).name)
+
+    def experiment_ids(self) -> list[str]:
+        """The ids of every active experiment."""
+        search = self._mlflow.search_experiments
+        found = self._pages("to list experiments", lambda token: search(page_token=token))
+        return [e.experiment_id for e in found]
+
+    # runs
+    def create_run(self, experiment_id: str, run_name: str | None, tags: Mapping[str, object]) -> Run:
+        """A new RUNNING run, tagged as MLflow's fluent API would (user, source, git commit) and
+        with tags (mlflow.parentRunId among them nests it)."""
+        from mlflow.tracking.context.registry import resolve_tags
+
+        resolved = resolve_tags({key: str(value) for key, value in tags.items()})
+        doing = "to start the run"
+        return self._call(doing, self._mlflow.create_run, experiment_id, tags=resolved, run_name=run_name)
+
+    def get_run(self, run_id: str) -> Run:
+        return self._call(f"to read run {run_id}", self._mlflow.get_run, run_id)
+
+    def find_run(self, run_id: str) -> Run | None:
+        """The run, or None where the server has no run of that id."""
+        try:
+            return retried(self._mlflow.get_run)(run_id)
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise _refused(f"to read run {run_id}", err) from None
+
+    def reopen_run(self, run_id: str, name: str | None = None) -> None:
+        """Mark an ended run RUNNING again (renamed, if name is given)."""
+        self._call(f"to reopen run {run_id}", self._mlflow.update_run, run_id, status="RUNNING", name=name)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        """End the run with status (FINISHED, FAILED, KILLED); safe to repeat."""
+        self._call(f"to end run {run_id}", self._mlflow.set_terminated, run_id, status=status)
+
+    def log(
+        self,
+        run_id: str,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, object] | None = None,
+        tags: Mapping[str, object] | None = None,
+        step: int = 0,
+    ) -> None:
+        """Metrics (at step), params and tags, in one batch; waits for the server."""
+        self._call(
+            f"to log to run {run_id}",
+            self._mlflow.log_batch,
+            run_id,
+            metrics=_metrics(metrics or {}, step),
+            params=[Param(key, str(value)) for key, value in (params or {}).items()],
+            tags=_tags(tags or {}),
+        )
+
+    def set_tag(self, run_id: str, key: str, value: object) -> None:
+        self._call(f"to tag run {run_id}", self._mlflow.set_tag, run_id, key, str(value))
+
+    def log_soon(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> Callable[[], None]:
+        """Log metrics without waiting on the server. Returns the function that waits for them: a
+        batch MLflow's background logging failed to send is sent again then, waiting and retried."""
+        batch = _metrics(metrics, step)
+        operation = self._mlflow.log_batch(run_id, metrics=batch, synchronous=False)
+
+        def settle() -> None:
+            try:
+                if operation is not None:
+                    operation.wait()
+            except MlflowException:
+                self._call(f"to log metrics to run {run_id}", self._mlflow.log_batch, run_id, metrics=batch)
+
+        return settle
+
+    def log_dataset(self, run_id: str, root: Path, name: str, digest: str, context: str) -> None:
+        """The dataset folder as an input of the run, identified by name and digest."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        with warnings.catch_warnings():  # MLflow warns that two registered local sources both match
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(root))
+        dataset = MetaDataset(source=source, name=name, digest=digest)  # type: ignore[abstract]
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        self._call(f"to log dataset {name!r} to run {run_id}", self._mlflow.log_inputs, run_id, [entry])
+
+    # artifacts
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        doing = f"to store {path.name} in run {run_id}"
+        self._call(doing, self._mlflow.log_artifact, run_id, str(path), artifact_path)
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        doing = f"to store {artifact_path}/ in run {run_id}"
+        self._call(doing, self._mlflow.log_artifacts, run_id, str(folder), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        doing = f"to store {artifact_file} in run {run_id}"
+        self._call(doing, self._mlflow.log_text, run_id, text, artifact_file)
+
+    # searches
+    def search_runs(self, experiment_ids: Sequence[str], filter_string: str = "") -> list[Run]:
+        """Every active run of the experiments that matches the filter (all pages)."""
+
+        def page(token: str | None) -> Any:
+            return self._mlflow.search_runs(
+                list(experiment_ids), filter_string, ViewType.ACTIVE_ONLY, max_results=PAGE, page_token=token
+            )
+
+        return self._pages(f"to search runs ({filter_string or 'all'})", page)
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every value of a metric, in step order."""
+        history = self._call(f"to read {key} of run {run_id}", self._mlflow.get_metric_history, run_id, key)
+        return sorted((m.step, m.value) for m in history)
+
+    def _pages(self, doing: str, search: Callable[[str | None], Any]) -> list[Any]:
+        """Every item of a paged search (search takes a page token, returns a PagedList)."""
+        items: list[Any] = []
+        token: str | None = None
+        while True:
+            found = self._call(doing, search, token)
+            items.extend(found)
+            token = found.token
+            if not token:
+                return items
+
+    # models
+    def log_model(self, run: Run, model: Any, pip_requirements: list[str]) -> str:
+        """model in MLflow's pytorch flavor, as the run's output; returns its model URI.
+
+        The LoggedModel is made here, in the run's experiment (MLflow would put one logged
+        without an active run in the default experiment). A retry after a cut may leave the first
+        attempt's LoggedModel behind, which MLflow marks FAILED.
+        """
+        import mlflow.pytorch
+
+        def log() -> str:
+            logged = self._mlflow.create_logged_model(
+                run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run.info.run_id
+            )
+            info = mlflow.pytorch.log_model(
+                model,
+                name=MODEL_ARTIFACT,
+                run_id=run.info.run_id,
+                model_id=logged.model_id,
+                pip_requirements=pip_requirements,
+                # torch.export (pt2) cannot trace the STFT/LSTM separator; the weights and JSON
+                # config are also in the run's checkpoint/ artifact
+                serialization_format="pickle",
+            )
+            return str(info.model_uri)
+
+        pytorch_logger = logging.getLogger("mlflow.pytorch")
+        level = pytorch_logger.level
+        pytorch_logger.setLevel(logging.ERROR)  # silence the pickle advisory on every run
+        try:
+            return self._call(f"to store the model of run {run.info.run_id}", log)
+        finally:
+            pytorch_logger.setLevel(level)
+
+    def register_model(self, model_uri: str, name: str, run_id: str) -> str:
+        """A version of registered model `name` for the run's model, made once: a repeat (several
+        workers concluding at once, or a retry after a cut) finds it. Returns 'name/version'."""
+        import mlflow
+
+        def register() -> str:
+            for existing in self._mlflow.search_model_versions(f"name = {filter_literal(name)}"):
+                if existing.run_id == run_id:
+                    return f"{name}/{existing.version}"
+            return f"{name}/{mlflow.register_model(model_uri, name).version}"
+
+        return self._call(f"to register the model {model_uri} as {name!r}", register)
