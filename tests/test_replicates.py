@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -70,6 +71,43 @@ def test_each_entry_runs_once_per_seed(
     assert len(trial_runs("replicated")) == 4
     other = run_main(capsys, *optimize_args("replicated", storage, "--replicates", "3", "--quiet"))
     assert other.returncode == 2 and "runs 2 replicates per entry, not 3" in other.stderr
+    check_report_and_compare(capsys, runs)
+
+
+def check_report_and_compare(capsys: Capture, runs: dict[tuple[str, int], Run]) -> None:
+    """`report` and `compare` of the replicated study: means over seeds with intervals, findings."""
+    done = run_main(capsys, "report", "--study", "replicated", "--format", "json", "--no-plots")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["protocol"].startswith("evaluator=fast bsseval=v4 window=44100 hop=44100 niter=1")
+    configs = {r["name"]: r for r in document["runs"]}
+    assert set(configs) == {"small", "wide"}
+    for name, config in configs.items():
+        sdrs = [float(runs[(name, k)].data.metrics["SDR"]) for k in (0, 1)]
+        assert config["replicates"] == 2 and config["SDR_unit"] == "seeds" and config["SDR_n"] == 2
+        assert config["SDR"] == pytest.approx(sum(sdrs) / 2)
+        assert config["SDR_low"] <= config["SDR"] <= config["SDR_high"]
+        assert min(sdrs) <= config["SDR_low"] and config["SDR_high"] <= max(sdrs)
+    assert {c["mark_valid_loss"] for c in configs.values()} <= {"best", "not significantly worse", "worse"}
+    assert "best" in {c["mark_SDR"] for c in configs.values()}
+    markdown = run_main(capsys, "report", "--study", "replicated", "--no-plots").stdout
+    assert "## Findings" in markdown and "- hidden_size 8 → 12 (small → wide): valid_loss" in markdown
+    assert "batch_size: every config has the same value" in markdown
+    assert "unidirectional: every config has the same value" in markdown
+
+    compared = run_main(capsys, "compare", "--study", "replicated", "wide", "small", "--json")
+    assert compared.returncode == 0, compared.stderr
+    result = json.loads(compared.stdout)
+    assert result["unit"] == "seeds x tracks" and result["pairs"] >= 2
+    sdr = result["metrics"]["SDR"]
+    assert sdr["n"] == result["pairs"] and 0.0 <= sdr["p_value"] <= 1.0
+    assert (
+        sdr["mean_difference"]["low"] <= sdr["mean_difference"]["estimate"] <= sdr["mean_difference"]["high"]
+    )
+    same = run_main(capsys, "compare", "--study", "replicated", "small", "small")
+    assert same.returncode == 2 and "A and B are both 'small'" in same.stderr
+    unknown = run_main(capsys, "compare", "--study", "replicated", "small", "huge")
+    assert unknown.returncode == 2 and "no grid entry or run is named 'huge'" in unknown.stderr
 
 
 @pytest.mark.parametrize(

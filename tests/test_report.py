@@ -283,17 +283,17 @@ def test_note_fits_mlflow_tag_limit() -> None:
         for i in range(400)
     ]
     text = report_note.note(report_runs.Report("study big", rows, study="big"))
-    assert len(text) <= report_note.NOTE_LIMIT
+    assert len(text) <= tracking.MAX_TAG_LENGTH
     scores, training = markdown_tables(text)
     shown = len(training)
     assert 10 < shown < 400 and len(scores) == shown
-    assert f"first {shown} of 400 trials shown" in text
+    assert f"First {shown} of 400 configs shown" in text
     # the note uses the room it has: one more trial (a line in each table) would not fit
     line_pair = sum(
         len(f"| trial-{shown} |") + len(" | ".join(row.values())) + 4
         for row in (scores["trial-0"], training["trial-0"])
     )
-    assert len(text) + line_pair > report_note.NOTE_LIMIT
+    assert len(text) + line_pair > tracking.MAX_TAG_LENGTH
 
 
 # ---- other sources ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ COMMANDS = {
     "optimize": "umx_tune.cli.optimize:optimize",
     "realtime": "umx_tune.cli.realtime:realtime",
     "report": "umx_tune.cli.report:report",
+    "compare": "umx_tune.cli.compare:compare",
     "deploy": "umx_tune.cli.deploy:deploy",
 }
 

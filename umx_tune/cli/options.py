@@ -84,3 +84,8 @@ QUIET = click.option("--quiet", is_flag=True, help="no progress output")
 EXPERIMENT = click.option(
     "--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name"
 )
+ALLOW_MIXED_PROTOCOLS = click.option(
+    "--allow-mixed-protocols",
+    is_flag=True,
+    help="put runs scored by different evaluation protocols side by side anyway",
+)

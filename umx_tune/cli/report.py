@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from umx_tune.cli.options import ALLOW_MIXED_PROTOCOLS
 from umx_tune.report.tables import FORMATS
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     help="write the plots to this folder [default: log them to the study's parent run]",
 )
 @click.option("--no-plots", is_flag=True, help="print the tables only")
+@ALLOW_MIXED_PROTOCOLS
 def report(
     study: str | None,
     experiment: str | None,
@@ -40,8 +42,10 @@ def report(
     fmt: str,
     out: Path | None,
     no_plots: bool,
+    allow_mixed_protocols: bool,
 ) -> None:
-    """Print the study's two tables (training; SDR/SIR/ISR/SAR) and write its plots.
+    """Print the study's two tables (training; SDR/SIR/ISR/SAR), each value with its 95% interval,
+    the findings on the study's questions, and write its plots.
 
     \b
     umx-tune report --study grid                 # tables; plots logged to the study's parent run
@@ -64,7 +68,8 @@ def report(
         result = runs.load_runs(run_ids)
     else:
         raise click.UsageError("say what to report: --study NAME, --experiment NAME or --runs ID ...")
-    click.echo(tables.render(result, fmt), nl=False)
+    protocol = runs.check_protocols(result.rows, allow_mixed_protocols)
+    click.echo(tables.render(result, fmt, protocol), nl=False)
     artifacts = [] if no_plots else _plots(result, out)
     if result.study and result.parent_run_id:
         note.set_note(result, artifacts)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from umx_tune import tracking
 from umx_tune.report.runs import Report, reading_client
-from umx_tune.report.tables import target_label
+from umx_tune.report.tables import configs, target_label
+from umx_tune.report.uncertainty import TRAIN_SECONDS, Config
 from umx_tune.tracking.runs import artifact_tempdir
 
 PLOTS_ARTIFACT_PATH = tracking.REPORT_ARTIFACT_DIR
@@ -28,25 +29,29 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
         written.append(
             plots.study_loss_curves_png(curves, folder / "loss_curves.png", f"{title}: loss curves")
         )
+    shown = configs(report)
     metrics = tracking.SEPARATION_METRICS
-    scores = {r.name: {m: r.metrics[m] for m in metrics if m in r.metrics} for r in rows}
+    scores = {c.name: {m: c.row.metrics[m] for m in metrics if m in c.row.metrics} for c in shown}
     if any(scores.values()):
-        scores_title = f"{title}: {target_label(report)} separation (BSSEval v4)"
-        written.append(plots.study_scores_png(scores, metrics, folder / "scores.png", scores_title))
+        scores_title = f"{title}: {target_label(report)} separation (BSSEval v4, 95% intervals)"
+        bounds = {c.name: _bounds(c, {m: m for m in metrics}) for c in shown}
+        written.append(plots.study_scores_png(scores, metrics, folder / "scores.png", scores_title, bounds))
     timed = {
-        r.name: (seconds, loss)
-        for r in rows
-        if (seconds := r.train_seconds) is not None and (loss := r.metric(tracking.VALID_LOSS)) is not None
+        c.name: (seconds, loss)
+        for c in shown
+        if (seconds := c.row.train_seconds) is not None
+        and (loss := c.row.metric(tracking.VALID_LOSS)) is not None
     }
     if timed:
+        spans = {c.name: _bounds(c, {"seconds": TRAIN_SECONDS, "loss": tracking.VALID_LOSS}) for c in shown}
         written.append(
             plots.loss_vs_time_png(
-                timed, folder / "loss_vs_time.png", f"{title}: final loss against training time"
+                timed, folder / "loss_vs_time.png", f"{title}: final loss against training time", spans
             )
         )
     speed = {
         r.name: (rtf, sdr, bool(r.params.get("unidirectional", False)))
-        for r in rows
+        for r in (c.row for c in shown)
         if (rtf := r.metric(tracking.REALTIME_FACTOR)) is not None and (sdr := r.metric("SDR")) is not None
     }
     if speed:
@@ -54,6 +59,16 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
             plots.sdr_vs_rtf_png(speed, folder / "sdr_vs_rtf.png", f"{title}: SDR against real-time factor")
         )
     return written
+
+
+def _bounds(config: Config, names: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """{label: (low, high)} of the config's intervals of the metrics names maps labels to."""
+    found = {}
+    for label, metric in names.items():
+        interval = config.intervals.get(metric)
+        if interval is not None and interval.low is not None and interval.high is not None:
+            found[label] = (interval.low, interval.high)
+    return found
 
 
 def log_plots(report: Report, run_id: str) -> list[str]:

@@ -108,7 +108,8 @@ def find(configs: Sequence[Config], seed: int = 0) -> list[Finding]:
 
 def _ordered(a: Config, b: Config, factor: str) -> tuple[Config, Config]:
     """The pair with the smaller (or False) value of the factor first: effects read 'from a to b'."""
-    return (a, b) if a.row.params.get(factor) <= b.row.params.get(factor) else (b, a)
+    va, vb = a.row.params.get(factor), b.row.params.get(factor)
+    return (b, a) if va is not None and vb is not None and vb < va else (a, b)
 
 
 def _why_not(configs: Sequence[Config], factor: str) -> str:

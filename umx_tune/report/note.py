@@ -7,12 +7,17 @@ from collections import Counter
 from collections.abc import Sequence
 
 from umx_tune import tracking
+from umx_tune.report import findings
 from umx_tune.report.runs import Report, ReportError, load_children, reading_client
-from umx_tune.report.tables import MISSING_NOTE, SCORE_COLUMNS, TRAINING_COLUMNS, markdown_table, target_label
+from umx_tune.report.tables import (
+    SCORE_COLUMNS,
+    TRAINING_COLUMNS,
+    configs,
+    legend,
+    markdown_table,
+    target_label,
+)
 from umx_tune.tracking.server import tracking_uri
-
-# MLflow rejects tag values longer than this (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)
-NOTE_LIMIT = 8000
 
 
 def ui_url(report: Report) -> str | None:
@@ -47,35 +52,44 @@ def _summary(report: Report) -> str:
 
 
 def note(report: Report, plot_paths: Sequence[str] = ()) -> str:
-    """The parent run's description: a summary line, then the scores and the training table.
+    """The parent run's description: a summary line, the scores and the training table (each value
+    with its interval), then the findings on the study's questions.
 
     Scores come first because the UI folds a long description after its first lines. Tables keep
-    as many rows as MLflow's tag limit allows.
+    as many configs as MLflow's tag limit allows; the findings are left out only when they alone
+    would not fit.
     """
     command = f"umx-tune report --study '{report.study}'" if report.study else "umx-tune report"
-    total = len(report.rows)
+    shown = configs(report)
+    total = len(shown)
     footer = f"\nFull report: `{command}`.\n"
     if plot_paths:
         footer += "Plots (artifacts of this run): " + ", ".join(f"`{p}`" for p in plot_paths) + ".\n"
+    answers = findings.markdown(findings.find(shown)).replace("## Findings", "#### findings")
 
-    def text(keep: int) -> str:
-        rows = report.rows[:keep]
+    def text(keep: int, with_findings: bool) -> str:
         parts = [
             _summary(report),
             f"#### separation of {target_label(report)} (BSSEval v4, dB)",
-            markdown_table(report, SCORE_COLUMNS, rows),
+            markdown_table(report, SCORE_COLUMNS, shown[:keep]),
             "#### training",
-            markdown_table(report, TRAINING_COLUMNS, rows),
-            MISSING_NOTE + ("" if keep == total else f"; first {keep} of {total} trials shown"),
+            markdown_table(report, TRAINING_COLUMNS, shown[:keep]),
+            legend(shown) + ("" if keep == total else f" First {keep} of {total} configs shown."),
         ]
+        if with_findings:
+            parts.append(answers)
         return "\n\n".join(parts) + "\n" + footer
 
-    # the largest number of rows that fits, found by bisection (a search study has hundreds)
-    low, high = 0, total
-    while low < high:
-        middle = (low + high + 1) // 2
-        low, high = (middle, high) if len(text(middle)) <= NOTE_LIMIT else (low, middle - 1)
-    return text(low) if low else _summary(report) + "\n" + footer
+    for with_findings in (True, False):
+        # the largest number of configs that fits, found by bisection (a search study has hundreds)
+        low, high = 0, total
+        while low < high:
+            middle = (low + high + 1) // 2
+            fits = len(text(middle, with_findings)) <= tracking.MAX_TAG_LENGTH
+            low, high = (middle, high) if fits else (low, middle - 1)
+        if low:
+            return text(low, with_findings)
+    return _summary(report) + "\n" + footer
 
 
 def describe_study(parent_run_id: str) -> str:

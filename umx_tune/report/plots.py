@@ -89,16 +89,34 @@ def study_loss_curves_png(curves: Mapping[str, tuple[Curve, Curve]], path: Path,
     return _save(fig, path)
 
 
+Bounds = Mapping[str, Mapping[str, tuple[float, float]]]  # config -> metric -> (low, high)
+
+
+def _error_bars(values: Sequence[float], bounds: Sequence[tuple[float, float] | None]) -> list[list[float]]:
+    """matplotlib's asymmetric (2, n) errors from intervals; 0 where a value has none."""
+    below = [v - b[0] if b is not None else 0.0 for v, b in zip(values, bounds, strict=True)]
+    above = [b[1] - v if b is not None else 0.0 for v, b in zip(values, bounds, strict=True)]
+    return [below, above]
+
+
 def study_scores_png(
-    scores: Mapping[str, Mapping[str, float]], metrics: Sequence[str], path: Path, title: str = ""
+    scores: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str],
+    path: Path,
+    title: str = "",
+    intervals: Bounds | None = None,
 ) -> Path:
-    """Grouped bars: one group per config, one bar per metric (dB); a missing score has no bar."""
+    """Grouped bars: one group per config, one bar per metric (dB), with error bars where intervals
+    gives (low, high) bounds; a missing score has no bar."""
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(scores) + 2), 5), dpi=100)
     width = 0.8 / len(metrics)
     positions = range(len(scores))
     for i, metric in enumerate(metrics):
         values = [s.get(metric, float("nan")) for s in scores.values()]
-        ax.bar([p + (i - (len(metrics) - 1) / 2) * width for p in positions], values, width, label=metric)
+        bounds = [(intervals or {}).get(name, {}).get(metric) for name in scores]
+        xs = [p + (i - (len(metrics) - 1) / 2) * width for p in positions]
+        yerr = _error_bars(values, bounds) if any(b is not None for b in bounds) else None
+        ax.bar(xs, values, width, label=metric, yerr=yerr, capsize=3 if yerr else 0)
     for position, score in zip(positions, scores.values(), strict=True):
         if not score:  # say so rather than leave a gap that reads as 0 dB
             ax.text(position, 0.1, "no scores", rotation=90, ha="center", va="bottom", color="grey")
@@ -113,14 +131,23 @@ def study_scores_png(
     return _save(fig, path)
 
 
-def loss_vs_time_png(points: Mapping[str, tuple[float, float]], path: Path, title: str = "") -> Path:
-    """Final validation loss against training time; points: {config: (seconds, loss)}."""
+def loss_vs_time_png(
+    points: Mapping[str, tuple[float, float]], path: Path, title: str = "", intervals: Bounds | None = None
+) -> Path:
+    """Final validation loss against training time; points: {config: (seconds, loss)}; intervals:
+    {config: {"seconds" or "loss": (low, high)}} draws error bars."""
     names = list(points)
     divisor, unit = _time_unit(max(seconds for seconds, _ in points.values()))
     xs = [points[n][0] / divisor for n in names]
     ys = [points[n][1] for n in names]
     fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
     ax.scatter(xs, ys, c=_colors(len(names)), s=40, zorder=3)
+    if intervals:
+        x_bounds = [_scaled(intervals.get(n, {}).get("seconds"), divisor) for n in names]
+        y_bounds = [intervals.get(n, {}).get("loss") for n in names]
+        ax.errorbar(
+            xs, ys, xerr=_error_bars(xs, x_bounds), yerr=_error_bars(ys, y_bounds), fmt="none", ecolor="grey"
+        )
     _label_points(ax, names, xs, ys)
     ax.set_xlabel(f"training time ({unit})")
     ax.set_ylabel(f"final validation {LOSS_LABEL}")
@@ -129,6 +156,10 @@ def loss_vs_time_png(points: Mapping[str, tuple[float, float]], path: Path, titl
     ax.margins(0.15)
     ax.set_xlim(left=0.0)
     return _save(fig, path)
+
+
+def _scaled(bounds: tuple[float, float] | None, divisor: float) -> tuple[float, float] | None:
+    return None if bounds is None else (bounds[0] / divisor, bounds[1] / divisor)
 
 
 def sdr_vs_rtf_png(points: Mapping[str, tuple[float, float, bool]], path: Path, title: str = "") -> Path:

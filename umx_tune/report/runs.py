@@ -3,6 +3,7 @@ curves) of a study, an experiment or a list of run ids, in report order."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 from umx_tune import tracking
 from umx_tune.config import coerce, param_fields
 from umx_tune.errors import ReportError, UmxTuneError
+from umx_tune.evaluation.protocol import Protocol, check_same
 from umx_tune.tracking.client import Client, Run
 from umx_tune.tracking.server import check_server, tracking_uri
 
@@ -31,6 +33,10 @@ class RunRow:
     grid_entry: str | None = None
     trial_number: int | None = None
     start_time: int = 0
+    replicate: int | None = None  # a grid entry's replicate (0: the base seed)
+    # the target's per-track scores {track: {metric: dB}}, empty when the run records none
+    track_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    protocol: Protocol | None = None  # how it was scored; None for runs scored before it was recorded
 
     def metric(self, name: str) -> float | None:
         return self.metrics.get(name)
@@ -113,7 +119,21 @@ def run_row(client: Client, run: Run) -> RunRow:
         grid_entry=entry,
         trial_number=_int_or_none(tags.get(tracking.TAG_TRIAL_NUMBER)),
         start_time=run.info.start_time or 0,
+        replicate=_int_or_none(tags.get(tracking.TAG_REPLICATE)),
+        track_scores=_track_scores(tags.get(tracking.TAG_TRACK_SCORES)),
+        protocol=Protocol.from_tags(tags, tracking.TAG_PROTOCOL, tracking.TAG_PROTOCOL_SUMMARY),
     )
+
+
+def _track_scores(text: str | None) -> dict[str, dict[str, float]]:
+    """The track scores tag's JSON; empty when absent or unreadable (then no interval over tracks)."""
+    if not text:
+        return {}
+    try:
+        scores = json.loads(text)
+        return {str(t): {str(m): float(v) for m, v in s.items()} for t, s in scores.items()}
+    except (ValueError, AttributeError, TypeError):
+        return {}
 
 
 def _natural(text: str) -> list[Any]:
@@ -206,3 +226,37 @@ def _run(client: Client, run_id: str) -> Run:
     if run is None:
         raise ReportError(f"no run with id {run_id!r} {where()}")
     return run
+
+
+def config_runs(report: Report, name: str) -> list[RunRow]:
+    """The runs of one config of a report: a grid entry's replicates (by replicate), or the run of
+    that name or id; ReportError naming what there is when nothing matches."""
+    entry = sorted((r for r in report.rows if r.grid_entry == name), key=lambda r: r.replicate or 0)
+    if entry:
+        return entry
+    found = [r for r in report.rows if name in (r.run_id, r.name)]
+    if len(found) == 1:
+        return found
+    names = sorted({r.grid_entry or r.name for r in report.rows})
+    what = "several runs are" if found else "no grid entry or run is"
+    raise ReportError(f"{what} named {name!r} in {report.title}; choose one of {', '.join(names)}")
+
+
+def check_protocols(rows: Sequence[RunRow], allow_mixed: bool) -> str:
+    """The evaluation protocol every row was scored by, as one line (for a report's header);
+    ReportError naming the first difference unless allow_mixed (then it says they are mixed)."""
+    recorded = {r.name: r.protocol for r in rows if r.protocol is not None}
+    unrecorded = [r.name for r in rows if r.protocol is None]
+    if allow_mixed:
+        kinds = {p.fingerprint() for p in recorded.values()} | ({"none"} if unrecorded else set())
+        if len(kinds) > 1:
+            return f"mixed ({len(kinds)} protocols; --allow-mixed-protocols)"
+    elif recorded and unrecorded:
+        raise ReportError(
+            f"run {unrecorded[0]!r} records no evaluation protocol and {next(iter(recorded))!r} does; "
+            "--allow-mixed-protocols compares them anyway"
+        )
+    if not recorded:
+        return "not recorded (runs scored before umx-tune recorded protocols)"
+    protocol = check_same(recorded) if not allow_mixed else next(iter(recorded.values()))
+    return f"{protocol.summary()} ({protocol.fingerprint()})"

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from umx_tune import tracking
 from umx_tune.errors import ReportError
+from umx_tune.evaluation.statistics import Mark
+from umx_tune.report import uncertainty
+from umx_tune.report.uncertainty import Config
 
 if TYPE_CHECKING:  # this module imports no MLflow: `umx-tune report --help` reads FORMATS
     from umx_tune.report.runs import Report, RunRow
@@ -31,7 +34,9 @@ MISSING_NOTE = f"{MISSING} = not in MLflow (run unfinished, failed or pruned)"
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: `key` names it in csv/json (raw value), `header` and `text` in tables."""
+    """A table column: `key` names it in csv/json (raw value), `header` and `text` in tables.
+
+    A column of a summarised metric (`metric`) shows the config's value with its interval."""
 
     key: str
     header: str
@@ -40,6 +45,7 @@ class Column:
     # optional columns (the real-time ones) are shown only when some run has a value
     optional: bool = False
     left: bool = False
+    metric: str | None = None
 
 
 def _number(spec: str) -> Callable[[Any], str]:
@@ -55,7 +61,10 @@ def _direction(value: bool) -> str:
 
 
 def _score_column(name: str, spec: str = ".3f", optional: bool = False) -> Column:
-    return Column(name, name, lambda row: row.metric(name), _number(spec), optional=optional)
+    summarised = name if name in uncertainty.SUMMARISED else None
+    return Column(
+        name, name, lambda row: row.metric(name), _number(spec), optional=optional, metric=summarised
+    )
 
 
 NAME_COLUMN = Column("name", "name", lambda row: row.name, left=True)
@@ -63,9 +72,23 @@ TRAINING_COLUMNS: tuple[Column, ...] = (
     NAME_COLUMN,
     *(_param_column(n) for n in ("batch_size", "nb_workers", "hidden_size", "samples_per_track", "epochs")),
     Column("unidirectional", "LSTM", lambda row: row.params.get("unidirectional"), _direction, left=True),
-    Column("train_loss", "final train loss", lambda row: row.metric(tracking.TRAIN_LOSS), _number(".4g")),
-    Column("valid_loss", "final valid loss", lambda row: row.metric(tracking.VALID_LOSS), _number(".4g")),
-    Column("train_seconds", "training time", lambda row: row.train_seconds, hms),
+    Column(
+        "train_loss",
+        "final train loss",
+        lambda row: row.metric(tracking.TRAIN_LOSS),
+        _number(".4g"),
+        metric=tracking.TRAIN_LOSS,
+    ),
+    Column(
+        "valid_loss",
+        "final valid loss",
+        lambda row: row.metric(tracking.VALID_LOSS),
+        _number(".4g"),
+        metric=tracking.VALID_LOSS,
+    ),
+    Column(
+        "train_seconds", "training time", lambda row: row.train_seconds, hms, metric=uncertainty.TRAIN_SECONDS
+    ),
     Column("state", "state", lambda row: row.state, left=True),
 )
 SCORE_COLUMNS: tuple[Column, ...] = (
@@ -74,6 +97,15 @@ SCORE_COLUMNS: tuple[Column, ...] = (
     _score_column(tracking.REALTIME_FACTOR, ".3g", optional=True),
     _score_column(tracking.REALTIME_FACTOR_STREAMING, ".3g", optional=True),
 )
+# what each table ranks by: its mark column says which config is best and which are not worse
+RANKINGS = {TRAINING_COLUMNS: uncertainty.TRAINING_RANKING, SCORE_COLUMNS: uncertainty.SCORES_RANKING}
+MARK_TEXT = {Mark.BEST: "best", Mark.NOT_WORSE: "≈ best", Mark.WORSE: "", Mark.UNTESTED: ""}
+MARK_NOTE = "≈ best = not significantly worse than the best (the 95% interval of the difference reaches 0)"
+
+
+def configs(report: Report) -> list[Config]:
+    """The report's configs (a grid entry's replicates together), each value with its interval."""
+    return uncertainty.summarize(report.rows)
 
 
 def columns(report: Report, table: Sequence[Column]) -> list[Column]:
@@ -81,24 +113,38 @@ def columns(report: Report, table: Sequence[Column]) -> list[Column]:
     return [c for c in table if not c.optional or any(c.value(row) is not None for row in report.rows)]
 
 
-def _cell(column: Column, row: RunRow) -> str:
-    value = column.value(row)
-    return MISSING if value is None else column.text(value)
+def _cell(column: Column, config: Config) -> str:
+    value = column.value(config.row)
+    if value is None:
+        return MISSING
+    interval = config.intervals.get(column.metric) if column.metric else None
+    if interval is None or not interval.defined:
+        return column.text(value)
+    return f"{column.text(interval.estimate)} [{column.text(interval.low)}, {column.text(interval.high)}]"
 
 
-def markdown_table(report: Report, table: Sequence[Column], rows: Sequence[RunRow]) -> str:
+def _mark(table: Sequence[Column], config: Config) -> str:
+    mark = config.marks.get(RANKINGS[tuple(table)])
+    return MARK_TEXT[mark] if mark is not None else ""
+
+
+def markdown_table(report: Report, table: Sequence[Column], shown: Sequence[Config]) -> str:
     cols = columns(report, table)
-    cells = [[_cell(c, row) for c in cols] for row in rows]
-    widths = [max(len(c.header), *(len(line[i]) for line in cells)) for i, c in enumerate(cols)]
+    headers = [c.header for c in cols] + [f"by {RANKINGS[tuple(table)]}"]
+    cells = [[_cell(c, config) for c in cols] + [_mark(table, config)] for config in shown]
+    lefts = [c.left for c in cols] + [True]
+    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
-        padded = (v.ljust(w) if c.left else v.rjust(w) for v, w, c in zip(values, widths, cols, strict=True))
+        padded = (
+            v.ljust(w) if left else v.rjust(w) for v, w, left in zip(values, widths, lefts, strict=True)
+        )
         return "| " + " | ".join(padded) + " |"
 
     # markdown alignment row: numbers right-aligned ("---:"), names left
-    marks = ("-" * (w + 2) if c.left else "-" * (w + 1) + ":" for w, c in zip(widths, cols, strict=True))
+    marks = ("-" * (w + 2) if left else "-" * (w + 1) + ":" for w, left in zip(widths, lefts, strict=True))
     rule = "|" + "|".join(marks) + "|"
-    return "\n".join([line([c.header for c in cols]), rule, *(line(v) for v in cells)])
+    return "\n".join([line(headers), rule, *(line(v) for v in cells)])
 
 
 def target_label(report: Report) -> str:
@@ -106,17 +152,43 @@ def target_label(report: Report) -> str:
     return ", ".join(targets)
 
 
-def markdown(report: Report, rows: Sequence[RunRow] | None = None) -> str:
-    """Both tables as markdown, with a title and a legend for missing values."""
-    rows = report.rows if rows is None else rows
+def legend(summaries: Sequence[Config]) -> str:
+    """What the values and intervals are, and over what they were drawn."""
+    replicated = [c for c in summaries if c.replicates > 1]
+    parts = []
+    if replicated:
+        seeds = sorted({c.replicates for c in replicated})
+        parts.append(f"a config of {'/'.join(map(str, seeds))} replicates: the mean over its seeds [95% CI]")
+    if any(c.replicates == 1 for c in summaries):
+        parts.append(
+            "a config of one run: its own values; SDR/SIR/ISR/SAR (median over tracks) [95% CI over its "
+            "test tracks] where it records per-track scores"
+        )
+    parts.append("percentile bootstrap, 2000 resamples, seed 0")
+    return "Values: " + "; ".join(parts) + ". " + MARK_NOTE + ". " + MISSING_NOTE + "."
+
+
+def markdown(report: Report, protocol: str | None = None) -> str:
+    """Both tables as markdown, with a title, the protocol and a legend."""
+    shown = configs(report)
     parts = [
         f"## {report.title}: training",
-        markdown_table(report, TRAINING_COLUMNS, rows),
+        markdown_table(report, TRAINING_COLUMNS, shown),
         f"## {report.title}: separation of {target_label(report)} (BSSEval v4, dB)",
-        markdown_table(report, SCORE_COLUMNS, rows),
-        MISSING_NOTE,
+        markdown_table(report, SCORE_COLUMNS, shown),
+        legend(shown),
+        _findings(shown),
     ]
-    return "\n\n".join(parts) + "\n"
+    if protocol:
+        parts.insert(0, f"Evaluation protocol: {protocol}")
+    return "\n\n".join(parts)
+
+
+def _findings(shown: Sequence[Config]) -> str:
+    """The findings section (markdown) on the study's research questions."""
+    from umx_tune.report import findings  # it formats times with this module's hms
+
+    return findings.markdown(findings.find(shown))
 
 
 def _record_columns(report: Report) -> list[Column]:
@@ -128,21 +200,37 @@ def _record_columns(report: Report) -> list[Column]:
 
 
 def records(report: Report) -> list[dict[str, Any]]:
-    """One dict per run with raw values (seconds as numbers, None where missing)."""
+    """One dict per config with raw values (seconds as numbers, None where missing), each
+    summarised value's interval (`<key>_low`, `_high`, `_n`, `_unit`), its marks and runs."""
     cols = _record_columns(report)
-    return [
-        {
-            **{c.key: c.value(row) for c in cols},
-            "run_id": row.run_id,
-            "grid_entry": row.grid_entry,
-            "trial_number": row.trial_number,
-        }
-        for row in report.rows
-    ]
+    result = []
+    for config in configs(report):
+        row = config.row
+        record: dict[str, Any] = {}
+        for c in cols:
+            record[c.key] = c.value(row)
+            interval = config.intervals.get(c.metric) if c.metric else None
+            if interval is not None:
+                record[c.key] = interval.estimate
+                record.update({f"{c.key}_low": interval.low, f"{c.key}_high": interval.high})
+                record.update({f"{c.key}_n": interval.n, f"{c.key}_unit": interval.unit})
+        for ranking in RANKINGS.values():
+            mark = config.marks.get(ranking)
+            record[f"mark_{ranking}"] = mark.value if mark is not None else None
+        record.update(
+            {
+                "replicates": config.replicates,
+                "run_id": ",".join(r.run_id for r in config.runs),
+                "grid_entry": row.grid_entry,
+                "trial_number": row.trial_number,
+            }
+        )
+        result.append(record)
+    return result
 
 
-def to_csv(report: Report) -> str:
-    """One header line and one line per run; missing values are empty cells."""
+def to_csv(report: Report, protocol: str | None = None) -> str:
+    """One header line and one line per config; missing values are empty cells."""
     buffer = io.StringIO()
     rows = records(report)
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
@@ -151,12 +239,13 @@ def to_csv(report: Report) -> str:
     return buffer.getvalue()
 
 
-def to_json(report: Report) -> str:
-    """The runs as records, plus which keys make up each of the two tables."""
+def to_json(report: Report, protocol: str | None = None) -> str:
+    """The configs as records, plus which keys make up each of the two tables."""
     document = {
         "title": report.title,
         "study": report.study,
         "parent_run_id": report.parent_run_id,
+        "protocol": protocol,
         "tables": {
             "training": [c.key for c in columns(report, TRAINING_COLUMNS)],
             "scores": [c.key for c in columns(report, SCORE_COLUMNS)],
@@ -166,16 +255,21 @@ def to_json(report: Report) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def _html_table(report: Report, table: Sequence[Column], caption: str) -> str:
+def html_table(report: Report, table: Sequence[Column], caption: str, shown: Sequence[Config]) -> str:
     cols = columns(report, table)
 
-    def cell(tag: str, text: str, column: Column) -> str:
-        align = "left" if column.left else "right"
+    def cell(tag: str, text: str, left: bool) -> str:
+        align = "left" if left else "right"
         return f'<{tag} style="text-align:{align}">{html.escape(text)}</{tag}>'
 
-    head = "".join(cell("th", c.header, c) for c in cols)
+    ranking = RANKINGS[tuple(table)]
+    head = "".join(cell("th", c.header, c.left) for c in cols) + cell("th", f"by {ranking}", True)
     body = "\n".join(
-        "<tr>" + "".join(cell("td", _cell(c, row), c) for c in cols) + "</tr>" for row in report.rows
+        "<tr>"
+        + "".join(cell("td", _cell(c, config), c.left) for c in cols)
+        + cell("td", _mark(table, config), True)
+        + "</tr>"
+        for config in shown
     )
     return (
         f"<table>\n<caption>{html.escape(caption)}</caption>\n"
@@ -183,26 +277,29 @@ def _html_table(report: Report, table: Sequence[Column], caption: str) -> str:
     )
 
 
-def to_html(report: Report) -> str:
+def to_html(report: Report, protocol: str | None = None) -> str:
     """A standalone HTML page with both tables."""
     title = html.escape(f"umx-tune report: {report.title}")
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0 2em}"
         "th,td{border:1px solid #ccc;padding:.3em .6em}caption{font-weight:bold;text-align:left}"
     )
+    shown = configs(report)
     tables = [
-        _html_table(report, TRAINING_COLUMNS, "training"),
-        _html_table(report, SCORE_COLUMNS, f"separation of {target_label(report)} (BSSEval v4, dB)"),
+        html_table(report, TRAINING_COLUMNS, "training", shown),
+        html_table(report, SCORE_COLUMNS, f"separation of {target_label(report)} (BSSEval v4, dB)", shown),
     ]
+    header = f"<p>Evaluation protocol: {html.escape(protocol)}</p>\n" if protocol else ""
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{style}</style></head>\n<body>\n<h1>{title}</h1>\n"
+        f"<style>{style}</style></head>\n<body>\n<h1>{title}</h1>\n{header}"
         + "\n".join(tables)
-        + f"\n<p>{html.escape(MISSING_NOTE)}</p>\n</body>\n</html>\n"
+        + f"\n<p>{html.escape(legend(shown))}</p>\n"
+        + f"<pre>{html.escape(_findings(shown))}</pre>\n</body>\n</html>\n"
     )
 
 
-RENDERERS: dict[str, Callable[[Report], str]] = {
+RENDERERS: dict[str, Callable[[Report, str | None], str]] = {
     "markdown": markdown,
     "csv": to_csv,
     "json": to_json,
@@ -213,8 +310,8 @@ RENDERERS: dict[str, Callable[[Report], str]] = {
 FORMATS = tuple(RENDERERS)
 
 
-def render(report: Report, fmt: str) -> str:
-    """The report in one of FORMATS."""
+def render(report: Report, fmt: str, protocol: str | None = None) -> str:
+    """The report in one of FORMATS, under the evaluation protocol its runs share."""
     if fmt not in RENDERERS:
         raise ReportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return RENDERERS[fmt](report)
+    return RENDERERS[fmt](report, protocol)

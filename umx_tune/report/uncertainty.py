@@ -1,21 +1,25 @@
-"""Configs with uncertainty: the runs of a report grouped by config, each value a mean with its 95%
+"""Configs with uncertainty: the runs of a report grouped by config, each value with its 95%
 bootstrap interval, and the best config with those not significantly worse than it marked.
 
 A config is a grid entry (all its replicates) or, outside a grid, one run. With several replicates
-the interval is over seeds (each replicate's value is one sample); a config of one run gets an
-interval over its test tracks for the separation scores (the per-track SiSEC scores its run
-records) and none for loss and time, which have one value per run.
+a value is the mean over seeds and its interval is over seeds (each replicate's value is one
+sample). A config of one run keeps its run's values: a separation score is SiSEC's median over
+tracks, with its interval over the test tracks (the per-track scores the run records); loss and
+time, one value per run, have none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from umx_tune import tracking
 from umx_tune.evaluation import statistics
 from umx_tune.evaluation.statistics import Interval, Mark
-from umx_tune.report.runs import RunRow
+
+if TYPE_CHECKING:  # no MLflow import: the tables (and `report --help`) use this module
+    from umx_tune.report.runs import RunRow
 
 # the value of each summarised metric a run holds, and whether higher is better
 TRAIN_SECONDS = "train_seconds"
@@ -81,7 +85,7 @@ def summarize(rows: Sequence[RunRow], *, seed: int = 0) -> list[Config]:
         for metric in SUMMARISED:
             values, unit, _ = samples(runs, metric)
             if values:
-                intervals[metric] = statistics.bootstrap_mean(values, unit=unit, seed=seed)
+                intervals[metric] = _interval(values, unit, seed)
         first = runs[0]
         metrics = {**first.metrics, **{m: i.estimate for m, i in intervals.items()}}
         state = first.state if len(runs) == 1 else _states(runs)
@@ -90,6 +94,12 @@ def summarize(rows: Sequence[RunRow], *, seed: int = 0) -> list[Config]:
     for metric in (TRAINING_RANKING, SCORES_RANKING):
         _rank(configs, metric, seed)
     return configs
+
+
+def _interval(values: list[float], unit: str, seed: int) -> Interval:
+    """Over tracks, the median (a SiSEC aggregate: the run's own score); over seeds, the mean."""
+    bootstrap = statistics.bootstrap_median if unit == statistics.UNIT_TRACKS else statistics.bootstrap_mean
+    return bootstrap(values, unit=unit, seed=seed)
 
 
 def _states(runs: Sequence[RunRow]) -> str:
