@@ -48,6 +48,7 @@ TAG_OPENUNMIX_VERSION = "openunmix.version"
 TAG_SIGNATURE = "umx_tune.signature"
 TAG_DEVICE = "umx_tune.device"
 TAG_ERROR = "umx_tune.error"
+MAX_TAG_LENGTH = 8000  # MLflow rejects longer tag values (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)
 ERROR_LIMIT = 5000  # characters of an error kept in TAG_ERROR (MLflow allows 8000 per tag)
 # what the real-time factors were measured on: device, torch threads, the processor's name
 TAG_RTF_DEVICE = "umx_tune.rtf_device"
@@ -107,6 +108,12 @@ DATASET_CONTEXT = "training"  # the context of the run's dataset input
 TAG_KIND = "umx_tune.kind"
 KIND_EVALUATION = "evaluation"  # TAG_KIND of the runs of `umx-tune evaluate`
 TAG_EVALUATED_MODEL = "umx_tune.evaluated_model"
+# how a run was scored (umx_tune.evaluation.protocol): a hash and its readable field=value summary
+TAG_PROTOCOL = "umx_tune.protocol"
+TAG_PROTOCOL_SUMMARY = "umx_tune.protocol_summary"
+# JSON {track: {metric: dB}}: the target's per-track scores (median over frames), for intervals over tracks
+TAG_TRACK_SCORES = "umx_tune.track_scores"
+COMPARE_ARTIFACT_DIR = "compare"  # a study parent run's `umx-tune compare` results (JSON)
 
 
 def metric_name(estimate: str, metric: str) -> str:
