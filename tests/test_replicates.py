@@ -110,11 +110,45 @@ def check_report_and_compare(capsys: Capture, runs: dict[tuple[str, int], Run]) 
     assert unknown.returncode == 2 and "no grid entry or run is named 'huge'" in unknown.stderr
 
 
+def test_search_confirms_its_best_config_with_more_seeds(
+    tracking_uri: str, tmp_path: Path, capsys: Capture
+) -> None:
+    """--confirm-best 1 --replicates 2: after 2 search trials, the best runs again with seed + 1."""
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  hidden_size: {type: int, low: 8, high: 12, step: 4}\n")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = optimize_args(
+        "confirmed", storage, "--search", str(space), "--n-trials", "2", "--sampler", "random"
+    )
+    done = run_main(capsys, *args, "--confirm-best", "1", "--replicates", "2", *BASE_ARGS, "--epochs", "1")
+    assert done.returncode == 0, done.stderr
+    assert "confirming trials [" in done.stderr and "confirmed with 2 seeds" in done.stdout
+    study = optuna.load_study(study_name="confirmed", storage=storage)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    search, confirmation = trials[:2], trials[2]
+    best = min(search, key=lambda t: t.values[0])
+    assert confirmation.user_attrs["confirms"] == best.number and confirmation.params == best.params
+    runs = {int(r.data.tags[tracking.TAG_TRIAL_NUMBER]): r for r in trial_runs("confirmed")}
+    assert runs[confirmation.number].data.params["seed"] == "43"
+    assert runs[confirmation.number].data.tags[tracking.TAG_CONFIRMS] == str(best.number)
+    assert runs[confirmation.number].info.run_name == runs[best.number].info.run_name
+    parent = MlflowClient().get_run(runs[best.number].data.tags[tracking.TAG_PARENT_RUN])
+    assert parent.data.tags[tracking.TAG_CONFIRMED_BEST] == str(best.number)
+    # the report takes the best config's two seeds as one config
+    report = run_main(capsys, "report", "--study", "confirmed", "--format", "json", "--no-plots")
+    configs = {r["run_id"]: r for r in json.loads(report.stdout)["runs"]}
+    pair = ",".join(runs[n].info.run_id for n in (best.number, confirmation.number))
+    assert configs[pair]["replicates"] == 2 and configs[pair]["valid_loss_unit"] == "seeds"
+
+
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
         (("--replicates", "0"), "0 is not in the range x>=1"),
-        (("--replicates", "2", "--search", "default", "--n-trials", "2"), "--replicates is for --grid"),
+        (("--replicates", "2", "--search", "default", "--n-trials", "2"), "needs --confirm-best K"),
+        (("--confirm-best", "2"), "--confirm-best 2 is for --search"),
+        (("--confirm-best", "1", "--replicates", "1", "--search", "default"), "--replicates of at least 2"),
     ],
 )
 def test_bad_replicates_are_one_line_errors(

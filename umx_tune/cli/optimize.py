@@ -53,7 +53,15 @@ def _names(registry: dict[str, Any]) -> str:
 @click.option(
     "--replicates",
     type=Blankable(click.IntRange(min=1)),
-    help="grid: training seeds per entry (the base seed, +1, ...), each its own trial [default: 1]",
+    help="grid: training seeds per entry (the base seed, +1, ...), each its own trial [default: 1]; "
+    "with --confirm-best: seeds per confirmed config [default: 3]",
+)
+@click.option(
+    "--confirm-best",
+    type=Blankable(click.IntRange(min=1)),
+    metavar="K",
+    help="search: at the end, run the best K configs again with --replicates seeds; the best is then "
+    "the best mean over seeds",
 )
 @click.option(
     "--timeout",
@@ -148,6 +156,10 @@ def _request(kwargs: dict[str, Any], given: dict[str, Any], base: TrainConfig) -
     choices.check_names(kwargs["sampler"] or "tpe", kwargs["pruner"] or "median")
     if kwargs["grid"] and kwargs["search"]:
         raise ConfigError("give --grid or --search, not both")
+    if kwargs["confirm_best"] is not None and not kwargs["search"]:
+        raise ConfigError(
+            f"--confirm-best {kwargs['confirm_best']} is for --search; a grid's seeds are --replicates"
+        )
     plan: plans.Grid | plans.Space | None = None
     if kwargs["grid"]:
         plan = plans.load_grid(kwargs["grid"], base)
@@ -155,8 +167,14 @@ def _request(kwargs: dict[str, Any], given: dict[str, Any], base: TrainConfig) -
             entries = len(plan.entries)
             raise ConfigError(f"--n-trials is for --search; a grid runs each of its {entries} entries once")
     elif kwargs["search"]:
-        if kwargs["replicates"] is not None:
-            raise ConfigError("--replicates is for --grid: a search samples its own configs")
+        if kwargs["replicates"] is not None and kwargs["confirm_best"] is None:
+            raise ConfigError(
+                "--replicates with --search needs --confirm-best K: the seeds of its best K configs"
+            )
+        if kwargs["replicates"] == 1 and kwargs["confirm_best"] is not None:
+            raise ConfigError(
+                "--confirm-best needs --replicates of at least 2: one more seed than the search ran"
+            )
         plan = plans.load_space(kwargs["search"], base)
     name = kwargs["study_name"]
     if name is None:
@@ -174,4 +192,5 @@ def _request(kwargs: dict[str, Any], given: dict[str, Any], base: TrainConfig) -
         pruner=kwargs["pruner"],
         experiment=kwargs["experiment"],
         replicates=kwargs["replicates"],
+        confirm_best=kwargs["confirm_best"],
     )

@@ -34,6 +34,7 @@ class RunRow:
     trial_number: int | None = None
     start_time: int = 0
     replicate: int | None = None  # a grid entry's replicate (0: the base seed)
+    confirms: int | None = None  # --confirm-best: the search trial whose config this run re-runs
     # the target's per-track scores {track: {metric: dB}}, empty when the run records none
     track_scores: dict[str, dict[str, float]] = field(default_factory=dict)
     protocol: Protocol | None = None  # how it was scored; None for runs scored before it was recorded
@@ -120,6 +121,7 @@ def run_row(client: Client, run: Run) -> RunRow:
         trial_number=_int_or_none(tags.get(tracking.TAG_TRIAL_NUMBER)),
         start_time=run.info.start_time or 0,
         replicate=_int_or_none(tags.get(tracking.TAG_REPLICATE)),
+        confirms=_int_or_none(tags.get(tracking.TAG_CONFIRMS)),
         track_scores=_track_scores(tags.get(tracking.TAG_TRACK_SCORES)),
         protocol=Protocol.from_tags(tags, tracking.TAG_PROTOCOL, tracking.TAG_PROTOCOL_SUMMARY),
     )

@@ -55,11 +55,18 @@ def value(row: RunRow, metric: str) -> float | None:
     return row.train_seconds if metric == TRAIN_SECONDS else row.metric(metric)
 
 
+def _config_key(row: RunRow) -> str:
+    """A grid entry, a search trial (with the runs that confirm it), or else the run itself."""
+    trial = row.confirms if row.confirms is not None else row.trial_number
+    return row.grid_entry or (f"trial {trial}" if trial is not None else row.run_id)
+
+
 def group(rows: Sequence[RunRow]) -> dict[str, list[RunRow]]:
-    """Runs by config: a grid entry's replicates together (in replicate order), any other run alone."""
+    """Runs by config: a grid entry's replicates together, a search trial's with its confirmations
+    (in replicate order), any other run alone."""
     configs: dict[str, list[RunRow]] = {}
     for row in rows:
-        configs.setdefault(row.grid_entry or row.run_id, []).append(row)
+        configs.setdefault(_config_key(row), []).append(row)
     for runs in configs.values():
         runs.sort(key=lambda r: r.replicate or 0)
     return configs
@@ -80,16 +87,17 @@ def samples(runs: Sequence[RunRow], metric: str) -> tuple[list[float], str, list
 def summarize(rows: Sequence[RunRow], *, seed: int = 0) -> list[Config]:
     """The configs of rows in report order, each metric as a mean with its interval, ranked."""
     configs = []
-    for name, runs in group(rows).items():
+    for runs in group(rows).values():
         intervals = {}
         for metric in SUMMARISED:
             values, unit, _ = samples(runs, metric)
             if values:
                 intervals[metric] = _interval(values, unit, seed)
         first = runs[0]
+        name = first.grid_entry or first.name
         metrics = {**first.metrics, **{m: i.estimate for m, i in intervals.items()}}
         state = first.state if len(runs) == 1 else _states(runs)
-        row = replace(first, name=name if first.grid_entry else first.name, metrics=metrics, state=state)
+        row = replace(first, name=name, metrics=metrics, state=state)
         configs.append(Config(name, runs, row, intervals))
     for metric in (TRAINING_RANKING, SCORES_RANKING):
         _rank(configs, metric, seed)

@@ -11,7 +11,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from umx_tune.errors import UmxTuneError
-from umx_tune.search import choices, mirror, storage, worker
+from umx_tune.report.note import describe_study
+from umx_tune.search import choices, confirm, mirror, storage, worker
 from umx_tune.search.settings import Request
 from umx_tune.search.setup import StudyContext, open_study
 from umx_tune.search.trial import TrialOptions
@@ -46,6 +47,7 @@ class Outcome:
     concluded: bool
     registered: str | None = None
     pareto_front: list[FrozenTrial] | None = None  # multi-objective studies only
+    confirmed: list[confirm.Confirmed] | None = None  # --confirm-best: best mean over seeds first
 
 
 def optimize(request: Request, options: RunOptions) -> Outcome:
@@ -66,6 +68,8 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
     report = worker.WorkerReport()
     try:
         report = worker.run_worker(ctx, study, trial_options, deadline, poll=heartbeat.interval)
+        if report.stopped_by == "done" and _should_conclude(ctx, study, report):
+            _confirm(ctx, study, report, trial_options, deadline, heartbeat.interval)
     except KeyboardInterrupt:
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             mirror.end_parent(ctx.parent_run_id, "KILLED")
@@ -75,6 +79,25 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
         _conclude(outcome, study, options.register_best)
     _check_not_all_failed(report)
     return outcome
+
+
+def _confirm(
+    ctx: StudyContext,
+    study: optuna.Study,
+    report: worker.WorkerReport,
+    options: TrialOptions,
+    deadline: float | None,
+    poll: float,
+) -> None:
+    """--confirm-best: the search is over; queue its best configs' other seeds and run them."""
+    if not confirm.pending(ctx.settings, study):
+        return
+    numbers = confirm.enqueue(ctx.settings, study, ctx.objective)
+    seeds = ctx.settings.replicates
+    print(f"{ctx.settings.name}: confirming trials {numbers} with {seeds} seeds each", file=sys.stderr)
+    more = worker.run_worker(ctx, study, options, deadline, poll=poll)
+    report.ran.update(more.ran)
+    report.stopped_by = more.stopped_by
 
 
 def _pruner_settings(ctx: StudyContext, options: RunOptions) -> choices.PrunerSettings:
@@ -104,12 +127,34 @@ def _conclude(outcome: Outcome, study: optuna.Study, register_best: str | None) 
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     state = "complete" if not waiting else f"stopped with {waiting} trials queued"
     outcome.best = mirror.finalize(ctx.parent_run_id, study, ctx.objective, state)
+    if ctx.settings.confirm_best:
+        outcome.confirmed = confirm.confirmed(study, ctx.objective)
+        if outcome.confirmed:  # the best is the best mean over seeds, not the luckiest seed
+            outcome.best = outcome.confirmed[0].trial
+            mirror.record_confirmed(ctx.parent_run_id, outcome.confirmed)
     if ctx.objective.multi:
         outcome.pareto_front = mirror.record_pareto_front(ctx.parent_run_id, study)
     outcome.concluded = True
     if register_best and outcome.best is not None:
         outcome.registered = mirror.register_best(ctx.parent_run_id, outcome.best, register_best)
+    _describe(ctx)
     mirror.end_parent(ctx.parent_run_id, "FINISHED")
+
+
+def _describe(ctx: StudyContext) -> None:
+    """The results tables as the parent run's description (the MLflow UI shows it on the run's page).
+
+    The study is concluded without it if MLflow refuses (a warning says how to write it later):
+    trials, best trial and registered model are already recorded, and the parent must still end.
+    """
+    try:
+        describe_study(ctx.parent_run_id)
+    except UmxTuneError as err:  # TrackingError: MLflow refused or did not answer
+        print(
+            f"umx-tune: warning: the study's description was not written ({err}); "
+            f"`umx-tune report --study '{ctx.settings.name}'` writes it",
+            file=sys.stderr,
+        )
 
 
 def _check_not_all_failed(report: worker.WorkerReport) -> None:
@@ -142,6 +187,13 @@ def print_outcome(outcome: Outcome) -> None:
         lines.extend(
             f"    trial {t.number}: {t.values}, params {t.params}, run {t.user_attrs.get(mirror.RUN_ID_ATTR)}"
             for t in outcome.pareto_front
+        )
+    if outcome.confirmed:
+        lines.append(
+            f"  confirmed with {ctx.settings.replicates} seeds ({ctx.objective.name}, mean [95% CI]):"
+        )
+        lines.extend(
+            f"    trial {c.trial.number}: {c.value:.4g}, trials {list(c.numbers)}" for c in outcome.confirmed
         )
     if outcome.registered:
         lines.append(f"  registered model: {outcome.registered}")

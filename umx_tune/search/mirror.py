@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from umx_tune import tracking
 from umx_tune.errors import TrackingError
+from umx_tune.search.confirm import Confirmed
 from umx_tune.search.objectives import Objective
 from umx_tune.search.settings import StudySettings
 from umx_tune.search.study_plots import write_study_plots
@@ -163,6 +166,18 @@ def record_pareto_front(parent_run_id: str, study: optuna.Study) -> list[FrozenT
     summary = [{**best_summary(t), "run_id": t.user_attrs.get(RUN_ID_ATTR)} for t in front]
     client.log_text(parent_run_id, json.dumps(summary, indent=2), tracking.STUDY_PARETO_ARTIFACT)
     return front
+
+
+def record_confirmed(parent_run_id: str, confirmed: Sequence[Confirmed]) -> None:
+    """--confirm-best's outcome on the parent: the best config's trial (by its mean over seeds) as a
+    tag, every confirmed config's mean and interval as JSON."""
+    summary = [
+        {"trial": c.trial.number, "params": c.trial.params, "trials": list(c.numbers), **asdict(c.value)}
+        for c in confirmed
+    ]
+    client = Client()
+    client.log(parent_run_id, tags={tracking.TAG_CONFIRMED_BEST: confirmed[0].trial.number})
+    client.log_text(parent_run_id, json.dumps(summary, indent=2), tracking.STUDY_CONFIRMED_ARTIFACT)
 
 
 def end_parent(parent_run_id: str, status: str) -> None:

@@ -15,6 +15,7 @@ from umx_tune.tracking import DEFAULT_EXPERIMENT
 PER_WORKER = ("device", "nb_workers")
 # Optuna user attr: the replicate a grid trial runs; replicate r trains with the entry's seed + r
 REPLICATE_ATTR = "replicate"
+CONFIRM_SEEDS = 3  # seeds per config of --confirm-best when --replicates is not given
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,17 @@ class StudySettings:
     sampler: str
     pruner: str
     experiment: str  # the MLflow experiment of the parent and trial runs
-    replicates: int = 1  # grid: training seeds per entry (the base seed, +1, +2, ...)
+    replicates: int = 1  # seeds per grid entry or per confirmed config (the base seed, +1, +2, ...)
+    confirm_best: int = 0  # search: how many of its best configs run again with `replicates` seeds
 
     @property
     def budget(self) -> int | None:
         """How many trials the study runs in all: a grid's entries x replicates, a search's n_trials."""
         if isinstance(self.plan, Grid):
             return len(self.plan.entries) * self.replicates
-        return self.n_trials
+        if self.n_trials is None:
+            return None
+        return self.n_trials + self.confirm_best * (self.replicates - 1)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -48,6 +52,7 @@ class StudySettings:
                 "pruner": self.pruner,
                 "experiment": self.experiment,
                 "replicates": self.replicates,
+                "confirm_best": self.confirm_best,
             },
             sort_keys=True,
         )
@@ -65,6 +70,7 @@ class StudySettings:
             pruner=data["pruner"],
             experiment=data["experiment"],
             replicates=data.get("replicates", 1),  # studies made before replicates existed
+            confirm_best=data.get("confirm_best", 0),
         )
 
 
@@ -81,6 +87,7 @@ class Request:
     pruner: str | None
     experiment: str | None
     replicates: int | None = None
+    confirm_best: int | None = None
 
     def new_settings(self, default_objective: str) -> StudySettings:
         """The settings of a study this request creates."""
@@ -96,7 +103,9 @@ class Request:
             # a grid replays its entries in full; a search prunes unless told otherwise
             pruner=self.pruner or ("none" if isinstance(self.plan, Grid) else "median"),
             experiment=self.experiment or DEFAULT_EXPERIMENT,
-            replicates=self.replicates or 1,
+            # a confirmation without a seed count runs 3 seeds of each config
+            replicates=self.replicates or (CONFIRM_SEEDS if self.confirm_best else 1),
+            confirm_best=self.confirm_best or 0,
         )
 
     def join(self, stored: StudySettings) -> StudySettings:
@@ -116,6 +125,10 @@ class Request:
             raise ConfigError(f"{name} has a budget of {stored.n_trials} trials, not {self.n_trials}")
         if self.replicates is not None and self.replicates != stored.replicates:
             raise ConfigError(f"{name} runs {stored.replicates} replicates per entry, not {self.replicates}")
+        if self.confirm_best is not None and self.confirm_best != stored.confirm_best:
+            raise ConfigError(
+                f"{name} confirms its best {stored.confirm_best} configs, not {self.confirm_best}"
+            )
         fields = {f.name: f for f in param_fields()}
         given = {key: coerce(fields[key], value) for key, value in self.base_values.items()}
         conflicts = [

@@ -15,6 +15,7 @@ import optuna
 from umx_tune import tracking
 from umx_tune.pipeline import run_experiment
 from umx_tune.search import mirror
+from umx_tune.search.confirm import CONFIRMS_ATTR
 from umx_tune.search.objectives import Objective
 from umx_tune.search.plans import GRID_ENTRY_ATTR
 from umx_tune.search.settings import REPLICATE_ATTR
@@ -41,15 +42,19 @@ def run_name(ctx: StudyContext, trial: optuna.Trial) -> str:
     """A grid trial's run is named after its entry (every replicate alike), a search trial's after
     the study and its number."""
     entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
-    return entry or f"{ctx.settings.name}-{trial.number}"
+    # a confirmation is named after the search trial whose config it runs with another seed
+    return entry or f"{ctx.settings.name}-{trial.user_attrs.get(CONFIRMS_ATTR, trial.number)}"
 
 
 def label(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
     """How progress lines name a trial: 'open-unmix3', 'open-unmix3 replicate 2', 'trial 7'."""
     entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
+    confirms = trial.user_attrs.get(CONFIRMS_ATTR)
+    replicate = trial.user_attrs.get(REPLICATE_ATTR, 0)
+    if confirms is not None:
+        return f"trial {confirms} replicate {replicate}"
     if entry is None:
         return f"trial {trial.number}"
-    replicate = trial.user_attrs.get(REPLICATE_ATTR, 0)
     return f"{entry} replicate {replicate}" if replicate else entry
 
 
@@ -61,8 +66,11 @@ def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> 
     entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
     replicate = int(trial.user_attrs.get(REPLICATE_ATTR, 0))
     tags = mirror.trial_tags(ctx.settings, trial, entry)
-    if entry is not None:
+    confirms = trial.user_attrs.get(CONFIRMS_ATTR)
+    if entry is not None or confirms is not None:
         tags[tracking.TAG_REPLICATE] = str(replicate)
+    if confirms is not None:
+        tags[tracking.TAG_CONFIRMS] = str(confirms)
     with start_run(
         experiment=ctx.settings.experiment,
         run_name=run_name(ctx, trial),

@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from umx_tune.errors import UmxTuneError, first_line
 from umx_tune.search import mirror
+from umx_tune.search.confirm import CONFIRMS_ATTR
 from umx_tune.search.plans import GRID_ENTRY_ATTR
 from umx_tune.search.settings import REPLICATE_ATTR
 from umx_tune.search.setup import StudyContext
@@ -153,7 +154,7 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
     params = trial.params or trial.system_attrs.get("fixed_params", {})
     retry_of = trial.user_attrs.get(mirror.RETRY_OF_ATTR, trial.number)
     attrs = {mirror.RETRY_OF_ATTR: retry_of, RETRIES_ATTR: retries + 1}
-    for kept in (GRID_ENTRY_ATTR, REPLICATE_ATTR):
+    for kept in (GRID_ENTRY_ATTR, REPLICATE_ATTR, CONFIRMS_ATTR):
         if kept in trial.user_attrs:
             attrs[kept] = trial.user_attrs[kept]
     study.enqueue_trial(params, user_attrs=attrs)

@@ -61,6 +61,8 @@ TAG_TRIAL_NUMBER = "umx_tune.trial_number"
 TAG_TRIAL_STATE = "umx_tune.trial_state"
 TAG_GRID_ENTRY = "umx_tune.grid_entry"
 TAG_REPLICATE = "umx_tune.replicate"  # a grid entry's replicate: 0 trains with its seed, r with seed + r
+TAG_CONFIRMS = "umx_tune.confirms"  # --confirm-best: the search trial whose config this run re-runs
+TAG_CONFIRMED_BEST = "umx_tune.confirmed_best"  # the parent's: the best config's trial, by its mean
 # the rest of a trial's mirror of its Optuna trial, and the study parent run's summary
 TAG_TRIAL_PARAMS = "umx_tune.trial_params"  # JSON: the values Optuna chose or the grid entry fixed
 TAG_TRIAL_DISTRIBUTIONS = "umx_tune.trial_distributions"  # JSON: Optuna's distribution of each
@@ -89,6 +91,7 @@ STUDY_PLAN_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/plan.json"  # the grid or space the
 STUDY_TRIALS_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/trials.csv"  # Optuna's trials table
 STUDY_BEST_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/best.json"
 STUDY_PARETO_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/pareto_front.json"
+STUDY_CONFIRMED_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/confirmed.json"  # --confirm-best: means over seeds
 # MLflow's run statuses
 STATUS_RUNNING = "RUNNING"
 STATUS_FINISHED = "FINISHED"
