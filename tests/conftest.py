@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import socket
@@ -120,6 +122,18 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["UMX_TUNE_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def away_from_the_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The working directory is a session temp folder: commands run in this process (and processes
+    started without a cwd) write their relative defaults there (umx-tune-checkpoints/, mlflow.db),
+    not into the checkout."""
+    folder = tmp_path_factory.mktemp("cwd")
+    previous = Path.cwd()
+    os.chdir(folder)
+    yield folder
+    os.chdir(previous)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
@@ -180,26 +194,54 @@ class MainResult:
     stderr: str
 
 
-def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> MainResult:
+def run_main(capsys: pytest.CaptureFixture[str] | None, *args: str) -> MainResult:
     """Run `umx-tune ARGS` in this process through the real entry point (`umx_tune.cli.main`).
 
     Cheaper than a subprocess (no second import of torch and MLflow) where the exit status and
-    the output are what a test checks.
+    the output are what a test checks. Without capsys (in a module-scoped fixture) the output is
+    caught by redirecting sys.stdout and sys.stderr.
     """
     from umx_tune.cli import main
 
-    capsys.readouterr()
+    out, err = io.StringIO(), io.StringIO()
+    if capsys is not None:
+        capsys.readouterr()
     saved_env = dict(os.environ)  # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID
     try:
-        main(list(args))
+        with contextlib.ExitStack() as streams:
+            if capsys is None:
+                streams.enter_context(contextlib.redirect_stdout(out))
+                streams.enter_context(contextlib.redirect_stderr(err))
+            main(list(args))
         code = 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
+    if capsys is None:
+        return MainResult(code, out.getvalue(), err.getvalue())
     captured = capsys.readouterr()
     return MainResult(code, captured.out, captured.err)
+
+
+ERROR_PREFIX = "umx-tune: error: "
+
+
+def assert_one_line_error(
+    result: MainResult | subprocess.CompletedProcess, *fragments: str, progress_before: bool = False
+) -> str:
+    """`umx-tune` failed as a user error: exit 2 and one line `umx-tune: error: …` holding every
+    fragment, alone on stderr; with progress_before, after MLflow's artifact download progress
+    (loading a model). Returns the error line."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert lines and lines[-1].startswith(ERROR_PREFIX), result.stderr[-3000:]
+    before = lines[:-1]
+    assert not before or (progress_before and not any("error" in line.lower() for line in before)), lines
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
+    return lines[-1]
 
 
 @pytest.fixture
@@ -211,3 +253,7 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# the compose deployment as processes: session-wide, for test_deploy_postgres.py and the worker race
+from deployment import deployment, postgres  # noqa: E402, F401

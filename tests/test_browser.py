@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, MlflowServer
+from conftest import REPO, MlflowServer, run_main
 from mlflow.tracking import MlflowClient
 from study_runs import write_study
 
@@ -66,7 +66,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def study(mlflow_server: MlflowServer) -> tuple[str, dict[str, str], MlflowClient]:
-    """The study written to MLflow, its note set as optimize leaves it: (experiment id, ids, client)."""
+    """The study written to MLflow: (experiment id, {trial run name: run id}, client)."""
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     parent_id, ids = write_study(client, EXPERIMENT, STUDY)
     experiment_id = client.get_run(parent_id).info.experiment_id
@@ -152,11 +152,16 @@ def test_experiment_page_compares_trials_by_name_with_sdr(
 
 
 def test_parent_run_page_shows_the_description(
-    page: Any, study: tuple[str, dict[str, str], MlflowClient], tracking_uri: str
+    page: Any,
+    study: tuple[str, dict[str, str], MlflowClient],
+    tracking_uri: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The description `report --study` (and `optimize`, when a study ends) writes, in the UI."""
     experiment_id, ids, client = study
     parent_id = client.get_run(ids["open-unmix"]).data.tags[tracking.TAG_PARENT_RUN]
-    report_note.describe_study(parent_id)  # what optimize calls when the study ends
+    described = run_main(capsys, "report", "--study", STUDY, "--no-plots")
+    assert described.returncode == 0, described.stderr
     page.goto(f"{tracking_uri}/#/experiments/{experiment_id}/runs/{parent_id}")
     # the description is markdown; MLflow renders its tables as HTML tables
     cell = page.locator("table td", has_text="1.934").first

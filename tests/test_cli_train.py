@@ -1,4 +1,9 @@
-"""End to end against a real MLflow server: `mlflow run .`, `umx-tune train/separate/evaluate`, bad input."""
+"""End to end against a real MLflow server: `umx-tune train/separate/evaluate`, `mlflow run .`, bad input.
+
+`train`, `evaluate` and the bad input run in this process through the entry point (`run_main`);
+real processes where they are the point: `mlflow run .` (slow), `separate`'s console script, and a
+`train` whose tracking server does not answer.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,22 @@ import mlflow
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, TINY, VENV_BIN, MainResult, cli_env, run_cli, run_main
+from conftest import (
+    REPO,
+    TINY,
+    VENV_BIN,
+    MlflowServer,
+    assert_one_line_error,
+    cli_env,
+    free_port,
+    run_cli,
+    run_main,
+)
 from mlflow.tracking import MlflowClient
 
+from umx_tune import tracking
 from umx_tune.cli.options import option_name
-from umx_tune.config import TrainConfig
+from umx_tune.config import SAMPLE_RATE, TrainConfig
 
 TINY_ARGS = [arg for name, value in TINY.items() for arg in (option_name(name), str(value))]
 
@@ -25,13 +41,72 @@ def _runs(client: MlflowClient, experiment: str) -> list:
     return client.search_runs([found.experiment_id]) if found else []
 
 
-def _assert_one_line_error(result: subprocess.CompletedProcess | MainResult, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("umx-tune: error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
+@pytest.fixture(scope="module")
+def trained_run(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One `umx-tune train` of the tiny config, unidirectional (so its real-time probe streams)."""
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    checkpoints = str(tmp_path_factory.mktemp("train-checkpoints"))
+    args = [
+        *TINY_ARGS,
+        "--unidirectional",
+        "--experiment",
+        "train-e2e",
+        "--quiet",
+        "--checkpoint-dir",
+        checkpoints,
+    ]
+    try:
+        done = run_main(None, "train", *args)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = _runs(MlflowClient(mlflow_server.uri), "train-e2e")
+    return run.info.run_id
+
+
+def check_training_run(client: MlflowClient, run_id: str) -> None:
+    """A finished training run: TrainConfig params, per-epoch curves, scores, timing, versions, the
+    dataset, artifacts, the real-time probe and a model that `mlflow.pytorch.load_model` can run."""
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    expected = TrainConfig.from_dict(TINY).to_params()
+    assert set(expected) <= set(run.data.params)
+    assert {k: run.data.params[k] for k in TINY} == {k: str(expected[k]) for k in TINY}
+    for name in ("train_loss", "valid_loss", "epoch_seconds"):
+        history = client.get_metric_history(run_id, name)
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
+    for name in (
+        "SDR",
+        "SIR",
+        "ISR",
+        "SAR",
+        "vocals_SDR",
+        "accompaniment_SAR",
+        "train_seconds",
+        "eval_seconds",
+    ):
+        assert math.isfinite(run.data.metrics[name]), name
+    assert run.data.tags["umx_tune.version"] and run.data.tags["openunmix.version"]
+    assert run.inputs.dataset_inputs[0].dataset.digest
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"plots", "eval", "checkpoint"} <= artifacts  # the model is an MLflow 3 LoggedModel
+    metrics, tags = run.data.metrics, run.data.tags
+    assert metrics[tracking.REALTIME_FACTOR] > 0
+    assert tags[tracking.TAG_RTF_DEVICE] == "cpu" and int(tags[tracking.TAG_RTF_THREADS]) >= 1
+    if run.data.params["unidirectional"] == "True":
+        assert metrics[tracking.REALTIME_FACTOR_STREAMING] > 0
+        assert metrics[tracking.LATENCY_MS] == pytest.approx(1000 * (1024 - 256 + 2 * 256) / SAMPLE_RATE)
+    else:
+        assert tracking.REALTIME_FACTOR_STREAMING not in metrics
+    separator = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    mix = np.random.default_rng(0).standard_normal((1, 2, 44100)).astype("float32")
+    import torch
+
+    assert separator(torch.from_numpy(mix)).shape == (1, 2, 2, 44100)
+
+
+def test_train_logs_params_curves_scores_probe_and_model(trained_run: str, tracking_uri: str) -> None:
+    check_training_run(MlflowClient(tracking_uri), trained_run)
 
 
 @pytest.fixture(scope="module")
@@ -62,54 +137,26 @@ def project_run(mlflow_server, tmp_path_factory: pytest.TempPathFactory) -> str:
     return run.info.run_id
 
 
-def test_mlflow_run_logs_params_curves_scores_and_model(
-    project_run: str, tracking_uri: str, tmp_path: Path
-) -> None:
-    client = MlflowClient(tracking_uri)
-    run = client.get_run(project_run)
-    assert run.info.status == "FINISHED"
-    expected = TrainConfig.from_dict(TINY).to_params()
-    assert set(expected) <= set(run.data.params)
-    assert {k: run.data.params[k] for k in TINY} == {k: str(expected[k]) for k in TINY}
-    for name in ("train_loss", "valid_loss", "epoch_seconds"):
-        history = client.get_metric_history(project_run, name)
-        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2]
-    for name in (
-        "SDR",
-        "SIR",
-        "ISR",
-        "SAR",
-        "vocals_SDR",
-        "accompaniment_SAR",
-        "train_seconds",
-        "eval_seconds",
-    ):
-        assert math.isfinite(run.data.metrics[name]), name
-    assert run.data.tags["umx_tune.version"] and run.data.tags["openunmix.version"]
-    assert run.inputs.dataset_inputs[0].dataset.digest
-    artifacts = {a.path for a in client.list_artifacts(project_run)}
-    assert {"plots", "eval", "checkpoint"} <= artifacts  # the model is an MLflow 3 LoggedModel
-    separator = mlflow.pytorch.load_model(f"runs:/{project_run}/model")
-    mix = np.random.default_rng(0).standard_normal((1, 2, 44100)).astype("float32")
-    import torch
-
-    assert separator(torch.from_numpy(mix)).shape == (1, 2, 2, 44100)
+@pytest.mark.slow
+def test_mlflow_run_logs_params_curves_scores_and_model(project_run: str, tracking_uri: str) -> None:
+    """The MLproject's `main` entry point is the same training, logged the same way."""
+    check_training_run(MlflowClient(tracking_uri), project_run)
 
 
-def test_separate_writes_target_and_residual(project_run: str, tracking_uri: str, tmp_path: Path) -> None:
+def test_separate_writes_target_and_residual(trained_run: str, tracking_uri: str, tmp_path: Path) -> None:
     song = tmp_path / "song.wav"
     sf.write(song, np.random.default_rng(1).uniform(-0.3, 0.3, (44100, 2)), 44100)
-    result = run_cli("separate", "--model", project_run, str(song), "--out", str(tmp_path / "out"))
+    result = run_cli("separate", "--model", trained_run, str(song), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     for name in ("song_vocals.wav", "song_accompaniment.wav"):
         audio, rate = sf.read(tmp_path / "out" / name)
         assert rate == 44100 and audio.shape == (44100, 2)
 
 
-def test_evaluate_logs_a_new_run(project_run: str, tracking_uri: str, tmp_path: Path) -> None:
-    result = run_cli(
-        "evaluate", "--model", f"runs:/{project_run}/model", "--experiment", "evals", "--quiet",
-        *TINY_ARGS[TINY_ARGS.index("--synth-tracks"):], cwd=tmp_path,
+def test_evaluate_logs_a_new_run(trained_run: str, tracking_uri: str, capsys) -> None:
+    result = run_main(
+        capsys, "evaluate", "--model", f"runs:/{trained_run}/model", "--experiment", "evals", "--quiet",
+        *TINY_ARGS[TINY_ARGS.index("--synth-tracks"):],
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (run,) = _runs(MlflowClient(tracking_uri), "evals")
@@ -128,7 +175,7 @@ def test_train_resume_continues_the_loss_curve(tracking_uri: str, tmp_path: Path
     assert sorted(m.step for m in history) == [1, 2, 3]
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
     refused = run_main(capsys, "train", *args, "--hidden-size", "32", "--resume", run.info.run_id)
-    _assert_one_line_error(refused, "hidden_size=32 (checkpoint has 16)")
+    assert_one_line_error(refused, "hidden_size=32 (checkpoint has 16)")
 
 
 BAD_TRAIN_ARGS = [
@@ -147,7 +194,7 @@ BAD_TRAIN_ARGS = [
 @pytest.mark.parametrize(("extra", "message"), BAD_TRAIN_ARGS)
 def test_bad_train_input(extra: list[str], message: str, tracking_uri: str, capsys) -> None:
     result = run_main(capsys, "train", *TINY_ARGS, "--experiment", "bad-input", *extra)
-    _assert_one_line_error(result, message)
+    assert_one_line_error(result, message)
     assert not [r for r in _runs(MlflowClient(tracking_uri), "bad-input") if r.info.status == "RUNNING"]
 
 
@@ -160,11 +207,12 @@ def test_corrupt_dataset_fails_the_run_and_names_the_file(
     shutil.copytree(synth_root, root)
     (root / "train" / "synth-train-000" / "bass.wav").write_bytes(b"not a wav")
     result = run_main(capsys, "train", *TINY_ARGS, "--root", str(root), "--is-wav", "--experiment", "corrupt")
-    _assert_one_line_error(result, "synth-train-000/bass.wav")
+    assert_one_line_error(result, "synth-train-000/bass.wav")
     (run,) = _runs(MlflowClient(tracking_uri), "corrupt")
     assert run.info.status == "FAILED" and "bass.wav" in run.data.tags["umx_tune.error"]
 
 
+@pytest.mark.slow
 def test_unknown_mlproject_parameter(tracking_uri: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [str(VENV_BIN / "mlflow"), "run", str(REPO), "--env-manager", "local",
@@ -179,13 +227,12 @@ def test_unknown_mlproject_parameter(tracking_uri: str, tmp_path: Path) -> None:
 
 
 def test_tracking_server_that_does_not_answer(tmp_path: Path) -> None:
-    from conftest import free_port
-
+    """The real console script: exit 2 and one line, within 30 s."""
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     result = run_cli("train", *TINY_ARGS, cwd=tmp_path, MLFLOW_TRACKING_URI=uri)
     assert time.monotonic() - start < 30
-    _assert_one_line_error(result, f"MLflow tracking server {uri} does not answer")
+    assert_one_line_error(result, f"MLflow tracking server {uri} does not answer")
 
 
 def test_pretrained_umxhq_fails_clearly_offline(
@@ -195,4 +242,4 @@ def test_pretrained_umxhq_fails_clearly_offline(
     result = run_main(
         capsys, "evaluate", "--pretrained", "umxhq", *TINY_ARGS[TINY_ARGS.index("--synth-tracks") :]
     )
-    _assert_one_line_error(result, "cannot download the pretrained umxhq weights", "needs internet access")
+    assert_one_line_error(result, "cannot download the pretrained umxhq weights", "needs internet access")

@@ -1,4 +1,8 @@
-"""`umx-tune optimize` end to end: real `mlflow server`, real worker processes, tiny sizes."""
+"""`umx-tune optimize` end to end: real `mlflow server`, real worker processes, tiny sizes.
+
+Worker processes where processes matter (races between workers, SIGKILL, Ctrl-C, a server that
+drops out); elsewhere the command runs in this process through its entry point (`run_main`).
+"""
 
 from __future__ import annotations
 
@@ -11,23 +15,35 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY, VENV_BIN, MlflowServer, cli_env, free_port, run_cli
+from conftest import (
+    TINY,
+    VENV_BIN,
+    MainResult,
+    MlflowServer,
+    assert_one_line_error,
+    cli_env,
+    free_port,
+    run_main,
+)
+from deployment import OPTUNA_DB_PASSWORD
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-from test_search_plans import GRID_KEYS, STUDY_GRID
+from test_report import markdown_tables
 
 from umx_tune import tracking
-from umx_tune.cli import main
 from umx_tune.cli.options import option_name
 from umx_tune.config import TrainConfig
 from umx_tune.search.plans import GRID_ENTRY_ATTR
+from umx_tune.search.storage import STORAGE_ENV
 from umx_tune.search.worker import REASON_ATTR
 
+Capture = pytest.CaptureFixture[str]
 TINY_ARGS = [arg for name, value in TINY.items() for arg in (option_name(name), str(value))]
 BASE_ARGS = [*TINY_ARGS, "--device", "cpu", "--quiet"]
 
@@ -49,6 +65,12 @@ def storage(tmp_path: Path) -> str:
 
 def optimize_args(study: str, storage: str, *args: str) -> list[str]:
     return ["optimize", "--study-name", study, "--storage", storage, *args]
+
+
+def optimize_here(capsys: Capture, tmp_path: Path, study: str, storage: str, *args: str) -> MainResult:
+    """`umx-tune optimize` in this process (checkpoints under tmp_path, not the working directory)."""
+    checkpoints = ["--checkpoint-dir", str(tmp_path / "checkpoints")]
+    return run_main(capsys, *optimize_args(study, storage, *args, *checkpoints))
 
 
 def _interruptible() -> None:
@@ -130,35 +152,91 @@ def assert_nothing_running(study: str, storage: str) -> None:
 # grid replay
 
 
+# The shipped seed grid's content is pinned by test_search_plans; the race replays a grid of its
+# shape at tiny sizes, every key varied.
+GRID_KEYS = ("batch_size", "nb_workers", "hidden_size", "samples_per_track", "epochs")
+RACE_GRID = {
+    "open-unmix": (4, 0, 8, 2, 1),
+    "open-unmix2": (2, 0, 8, 2, 1),
+    "open-unmix3": (4, 0, 12, 2, 1),
+    "open-unmix4": (4, 0, 12, 2, 2),
+    "open-unmix5": (2, 1, 12, 4, 2),
+    "open-unmix6": (2, 0, 12, 4, 1),
+}
+
+
+# Three workers on two cores: torch's default of one thread per core each would oversubscribe them
+# (measured: the race takes 2.5 times as long), so each worker trains on one thread.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@dataclass
+class RaceStorage:
+    """The Optuna storage the racing workers share, and how they are told it."""
+
+    name: str
+    url: str
+    worker_env: dict[str, str]
+    worker_args: list[str]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def race_storage(request: pytest.FixtureRequest, tmp_path: Path) -> RaceStorage:
+    """sqlite beside this test (--storage), or the deployment's PostgreSQL `optuna` database given as
+    compose gives it (UMX_TUNE_STORAGE). Both with the session's MLflow server: the deployment's own
+    (basic auth) is test_deploy_postgres's."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'optuna.db'}"
+        return RaceStorage("sqlite", url, {}, ["--storage", url])
+    postgres = request.getfixturevalue("postgres")
+    url = postgres.url("optuna", OPTUNA_DB_PASSWORD, "optuna")
+    return RaceStorage("postgresql", url, {STORAGE_ENV: url}, [])
+
+
 @pytest.mark.slow
-def test_three_workers_replay_the_seed_grid_once(tracking_uri: str, storage: str, tmp_path: Path) -> None:
-    """Three concurrent workers share `--grid seed`: six trials, each entry once, exact values."""
-    args = ["--grid", "seed", "--register-best", "umx-seed-best", *BASE_ARGS]
-    workers = [start_worker("seed-replay", storage, *args, cwd=tmp_path, uri=tracking_uri) for _ in range(3)]
-    results = [finish(w, timeout=1800) for w in workers]
-    for code, out, err in results:
+def test_three_workers_replay_a_grid_once(
+    race_storage: RaceStorage, tracking_uri: str, tmp_path: Path
+) -> None:
+    """Three concurrent workers share one grid study: six trials, each entry once, exact values,
+    one conclusion (best trial, plots, registered model, the tables as the parent's description)."""
+    study = f"race-{race_storage.name}"  # MLflow refuses one study name over two storages
+    entries = {name: dict(zip(GRID_KEYS, values, strict=True)) for name, values in RACE_GRID.items()}
+    grid = write_grid(tmp_path / "race.yaml", entries)
+    args = ["--study-name", study, "--grid", grid, "--register-best", f"umx-{study}-best"]
+    argv = [str(VENV_BIN / "umx-tune"), "optimize", *args, *race_storage.worker_args, *BASE_ARGS]
+    env = cli_env(MLFLOW_TRACKING_URI=tracking_uri, **race_storage.worker_env, **ONE_THREAD)
+    workers = [
+        subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    results = [finish(w, timeout=900) for w in workers]
+    done = trials(study, race_storage.url)
+    parent, children = study_runs(study)
+    assert parent is not None
+    for code, out, err in results:  # every worker joined the one study
         assert code == 0, err[-3000:]
-        assert "study seed-replay (grid seed" in out
-    done = trials("seed-replay", storage)
+        assert f"study {study} (grid {grid}, " in out and f"parent run: {parent.info.run_id}" in out
     assert [t.state for t in done] == [TrialState.COMPLETE] * 6
-    assert [t.user_attrs[GRID_ENTRY_ATTR] for t in done] == list(STUDY_GRID)  # enqueued once, in order
-    parent, children = study_runs("seed-replay")
-    assert parent is not None and parent.info.status == "FINISHED"
+    assert [t.user_attrs[GRID_ENTRY_ATTR] for t in done] == list(RACE_GRID)  # enqueued once, in order
+    assert parent.info.status == "FINISHED"
     assert parent.data.tags[tracking.TAG_STUDY_STATE] == "complete"
-    assert sorted(r.data.tags[tracking.TAG_GRID_ENTRY] for r in children) == sorted(STUDY_GRID)
+    assert sorted(r.data.tags[tracking.TAG_GRID_ENTRY] for r in children) == sorted(RACE_GRID)
     assert sorted(int(r.data.tags[tracking.TAG_TRIAL_NUMBER]) for r in children) == list(range(6))
     for run in children:
         check_grid_trial_run(run, parent.info.run_id)
-    check_study_summary(parent, children)
+    check_study_summary(parent, children, f"umx-{study}-best")
+    check_study_description(parent, children)
 
 
 def check_grid_trial_run(run: Run, parent_run_id: str) -> None:
-    """A seed-grid trial run: named and tagged after its entry, with exactly the entry's values."""
+    """A grid trial run: named and tagged after its entry, with exactly the entry's values."""
     entry = run.data.tags[tracking.TAG_GRID_ENTRY]
     assert run.info.run_name == entry and run.info.status == "FINISHED"
     assert run.data.tags[tracking.TAG_TRIAL_STATE] == "COMPLETE"
     assert run.data.tags[tracking.TAG_PARENT_RUN] == parent_run_id
-    expected = dict(zip(GRID_KEYS, STUDY_GRID[entry], strict=True))
+    expected = dict(zip(GRID_KEYS, RACE_GRID[entry], strict=True))
     for key, value in expected.items():
         assert run.data.params[key] == str(value), (entry, key)
     # everything else is the base config given on the command line
@@ -170,7 +248,7 @@ def check_grid_trial_run(run: Run, parent_run_id: str) -> None:
     assert sorted(m.step for m in history) == list(range(1, expected["epochs"] + 1))
 
 
-def check_study_summary(parent: Run, children: list[Run]) -> None:
+def check_study_summary(parent: Run, children: list[Run], registered: str) -> None:
     """Best trial, plots and the registered model on the parent run."""
     tags = parent.data.tags
     best = next(r for r in children if r.info.run_id == tags[tracking.TAG_BEST_RUN])
@@ -182,13 +260,31 @@ def check_study_summary(parent: Run, children: list[Run]) -> None:
     plots = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "plots")}
     for name in ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate"):
         assert f"plots/{name}.png" in plots
-    versions = MlflowClient().search_model_versions("name = 'umx-seed-best'")
+    versions = MlflowClient().search_model_versions(f"name = '{registered}'")
     assert [v.run_id for v in versions] == [best.info.run_id]
-    assert tags[tracking.TAG_REGISTERED_MODEL] == "umx-seed-best/1"
+    assert tags[tracking.TAG_REGISTERED_MODEL] == f"{registered}/1"
+
+
+def check_study_description(parent: Run, children: list[Run]) -> None:
+    """README ("Comparing runs"): when a study ends, its tables become the parent run's description
+    (`mlflow.note.content`, shown on the run's page in the MLflow UI), scores first."""
+    note = parent.data.tags[tracking.TAG_NOTE]
+    assert note.startswith("**6 trials** (6 complete); best SDR "), note[:200]
+    scores, training = markdown_tables(note)
+    assert list(scores) == list(training) == list(RACE_GRID)  # grid entries in natural order
+    assert "#### separation of vocals (BSSEval v4, dB)" in note and "#### training" in note
+    for run in children:
+        entry = run.data.tags[tracking.TAG_GRID_ENTRY]
+        assert float(scores[entry]["SDR"]) == pytest.approx(run.data.metrics["SDR"], abs=5e-4), entry
+        assert training[entry]["hidden_size"] == run.data.params["hidden_size"], entry
+    best = max(children, key=lambda r: r.data.metrics["SDR"])
+    assert f"dB: **{best.data.tags[tracking.TAG_GRID_ENTRY]}**." in note.splitlines()[0]
 
 
 @pytest.mark.slow
-def test_search_prunes_on_validation_loss(tracking_uri: str, storage: str, tmp_path: Path) -> None:
+def test_search_prunes_on_validation_loss(
+    tracking_uri: str, storage: str, tmp_path: Path, capsys: Capture
+) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(
         "params:\n"
@@ -197,9 +293,7 @@ def test_search_prunes_on_validation_loss(tracking_uri: str, storage: str, tmp_p
     )
     args = ["--search", str(space), "--n-trials", "4", "--sampler", "random", "--sampler-seed", "1"]
     args += ["--pruner", "median", "--pruner-startup-trials", "1", *tiny_base(epochs=2)]
-    result = run_cli(
-        *optimize_args("prune", storage, *args), cwd=tmp_path, timeout=1200, MLFLOW_TRACKING_URI=tracking_uri
-    )
+    result = optimize_here(capsys, tmp_path, "prune", storage, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     done = trials("prune", storage)
     assert len(done) == 4
@@ -227,7 +321,7 @@ def test_search_prunes_on_validation_loss(tracking_uri: str, storage: str, tmp_p
 
 @pytest.mark.slow
 def test_diverging_and_broken_trials_fail_and_the_study_goes_on(
-    tracking_uri: str, storage: str, tmp_path: Path
+    tracking_uri: str, storage: str, tmp_path: Path, capsys: Capture
 ) -> None:
     grid = write_grid(
         tmp_path / "faulty.yaml",
@@ -237,11 +331,7 @@ def test_diverging_and_broken_trials_fail_and_the_study_goes_on(
             "fine": {"hidden_size": 8},
         },
     )
-    result = run_cli(
-        *optimize_args("faulty", storage, "--grid", grid, *tiny_base(epochs=1)),
-        cwd=tmp_path,
-        MLFLOW_TRACKING_URI=tracking_uri,
-    )
+    result = optimize_here(capsys, tmp_path, "faulty", storage, "--grid", grid, *tiny_base(epochs=1))
     assert result.returncode == 0, result.stderr[-3000:]
     states = {t.user_attrs[GRID_ENTRY_ATTR]: t for t in trials("faulty", storage)}
     assert {k: t.state for k, t in states.items()} == {
@@ -262,7 +352,7 @@ def test_diverging_and_broken_trials_fail_and_the_study_goes_on(
 
 @pytest.mark.slow
 def test_killed_worker_is_detected_and_grid_resumes_exactly_the_unfinished(
-    tracking_uri: str, storage: str, tmp_path: Path
+    tracking_uri: str, storage: str, tmp_path: Path, capsys: Capture
 ) -> None:
     grid = write_grid(
         tmp_path / "three.yaml",
@@ -278,7 +368,7 @@ def test_killed_worker_is_detected_and_grid_resumes_exactly_the_unfinished(
     lost = running_trial_run("killed", "long")
     assert lost is not None
 
-    result = run_cli(*optimize_args("killed", storage, *beat), cwd=tmp_path, MLFLOW_TRACKING_URI=tracking_uri)
+    result = optimize_here(capsys, tmp_path, "killed", storage, *beat)
     assert result.returncode == 0, result.stderr[-3000:]
     done = trials("killed", storage)
     complete = Counter(t.user_attrs[GRID_ENTRY_ATTR] for t in done if t.state == TrialState.COMPLETE)
@@ -294,7 +384,9 @@ def test_killed_worker_is_detected_and_grid_resumes_exactly_the_unfinished(
 
 
 @pytest.mark.slow
-def test_killed_search_resumes_within_its_budget(tracking_uri: str, storage: str, tmp_path: Path) -> None:
+def test_killed_search_resumes_within_its_budget(
+    tracking_uri: str, storage: str, tmp_path: Path, capsys: Capture
+) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("params:\n  hidden_size: {type: int, low: 8, high: 32, step: 8}\n")
     args = ["--search", str(space), "--n-trials", "2", "--pruner", "none", "--heartbeat-interval", "1"]
@@ -302,11 +394,7 @@ def test_killed_search_resumes_within_its_budget(tracking_uri: str, storage: str
     wait_for(lambda: running_trial_run("budget") is not None, 300, "a trial to train")
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait(timeout=30)
-    result = run_cli(
-        *optimize_args("budget", storage, "--heartbeat-interval", "1"),
-        cwd=tmp_path,
-        MLFLOW_TRACKING_URI=tracking_uri,
-    )
+    result = optimize_here(capsys, tmp_path, "budget", storage, "--heartbeat-interval", "1")
     assert result.returncode == 0, result.stderr[-3000:]
     done = trials("budget", storage)
     assert Counter(t.state for t in done) == Counter({TrialState.COMPLETE: 2, TrialState.FAIL: 1})
@@ -416,6 +504,7 @@ def test_a_server_that_drops_for_seconds_loses_no_result(
 # starting: races, bad input, an absent server
 
 
+@pytest.mark.slow
 def test_workers_starting_together_set_the_study_up_once(
     tracking_uri: str, storage: str, tmp_path: Path
 ) -> None:
@@ -431,16 +520,6 @@ def test_workers_starting_together_set_the_study_up_once(
     parent, children = study_runs("together")
     assert parent is not None and not children
     assert parent.data.tags[tracking.TAG_STUDY_STATE] == "stopped with 6 trials queued"
-
-
-def _main_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    with pytest.raises(SystemExit) as stop:
-        main(list(argv))
-    assert stop.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("umx-tune: error: ")
-    return lines[0]
 
 
 BAD_GRID = {
@@ -473,7 +552,7 @@ def test_bad_input_is_one_line_exit_2_and_starts_nothing(
     tracking_uri: str,
     storage: str,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    capsys: Capture,
     args: list[str],
     message: str,
 ) -> None:
@@ -482,35 +561,33 @@ def test_bad_input_is_one_line_exit_2_and_starts_nothing(
     (tmp_path / "space.yaml").write_text("params:\n  hidden: {type: int, low: 8, high: 16}\n")
     before = len(MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]))
     argv = ["optimize", "--storage", storage, *(a.format(tmp=tmp_path) for a in args), *TINY_ARGS]
-    assert message in _main_error(capsys, *argv)
+    assert_one_line_error(run_main(capsys, *argv), message)
     after = len(MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]))
     assert after == before
     assert not optuna.get_all_study_names(storage)
 
 
 def test_a_study_of_another_objective_is_refused(
-    tracking_uri: str, storage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tracking_uri: str, storage: str, tmp_path: Path, capsys: Capture
 ) -> None:
     grid = write_grid(tmp_path / "g.yaml", {"a": {"epochs": 1}})
-    created = run_cli(
-        *optimize_args("by-loss", storage, "--grid", grid, "--timeout", "0.001", *BASE_ARGS),
-        MLFLOW_TRACKING_URI=tracking_uri,
-        cwd=tmp_path,
+    created = optimize_here(
+        capsys, tmp_path, "by-loss", storage, "--grid", grid, "--timeout", "0.001", *BASE_ARGS
     )
     assert created.returncode == 0, created.stderr
-    message = _main_error(capsys, *optimize_args("by-loss", storage, "--objective", "sdr"))
-    assert "study 'by-loss' optimizes valid_loss, not sdr" in message
-    result = run_cli(*optimize_args("by-loss", storage, "--n-trials", "0"), MLFLOW_TRACKING_URI=tracking_uri)
-    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    refused = run_main(capsys, *optimize_args("by-loss", storage, "--objective", "sdr"))
+    assert_one_line_error(refused, "study 'by-loss' optimizes valid_loss, not sdr")
+    zero = run_main(capsys, *optimize_args("by-loss", storage, "--n-trials", "0"))
+    assert_one_line_error(zero, "'--n-trials': 0 is not in the range x>=1")
     assert [t.state for t in trials("by-loss", storage)] == [TrialState.WAITING]
 
 
 def test_an_absent_server_is_a_clear_error_within_30_s(
-    storage: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    storage: str, monkeypatch: pytest.MonkeyPatch, capsys: Capture
 ) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     started = time.monotonic()
-    message = _main_error(capsys, "optimize", "--grid", "seed", "--storage", storage)
+    done = run_main(capsys, "optimize", "--grid", "seed", "--storage", storage)
     assert time.monotonic() - started < 30
-    assert f"MLflow tracking server {uri} does not answer" in message
+    assert_one_line_error(done, f"MLflow tracking server {uri} does not answer")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import mlflow
 import optuna
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, run_main
 from mlflow.tracking import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
@@ -64,7 +64,9 @@ def test_pareto_front_is_tagged_on_the_trial_runs_and_the_parent(tracking_uri: s
 
 
 @pytest.mark.slow
-def test_optimize_searches_sdr_and_rtf_and_reports_the_front(tracking_uri: str, tmp_path: Path) -> None:
+def test_optimize_searches_sdr_and_rtf_and_reports_the_front(
+    tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(
         "params:\n"
@@ -75,7 +77,8 @@ def test_optimize_searches_sdr_and_rtf_and_reports_the_front(tracking_uri: str, 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["--study-name", "pareto", "--storage", storage, "--search", str(space), "--n-trials", "3"]
     args += ["--objective", "sdr_rtf", "--sampler", "random", "--sampler-seed", "0", "--evaluator", "fast"]
-    done = run_cli("optimize", *args, *base, "--device", "cpu", "--quiet", cwd=tmp_path, timeout=1200)
+    args += ["--checkpoint-dir", str(tmp_path / "checkpoints")]
+    done = run_main(capsys, "optimize", *args, *base, "--device", "cpu", "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     study = optuna.load_study(study_name="pareto", storage=storage)
     front = {t.number for t in study.best_trials}

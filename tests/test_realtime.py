@@ -1,10 +1,14 @@
-"""Real-time measurement, the `realtime` command, `separate --stream` and the pipeline's probe."""
+"""Real-time measurement, the `realtime` command and `separate --stream`.
+
+The commands run in this process through the entry point (`run_main`), except one real
+`umx-tune realtime --json` whose stdout must be JSON alone. The pipeline's probe is checked on a
+real training run in test_cli_train.py.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import TINY, MlflowServer, run_cli
+from conftest import TINY, MlflowServer, assert_one_line_error, run_cli, run_main
 
 from umx_tune import tracking
 from umx_tune.config import SAMPLE_RATE, TrainConfig
@@ -27,12 +31,7 @@ SHAPE_ARGS = ("--hidden-size", "8", "--nfft", "512", "--nhop", "128", "--device"
 FAST_ARGS = ("--seconds", "0.5", "--repeats", "1", "--threads", "1")
 
 
-def assert_one_line_error(done: subprocess.CompletedProcess, message: str) -> None:
-    """Exit 2 with one error line, the last on stderr (MLflow's download progress may come before)."""
-    assert done.returncode == 2, done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("umx-tune: error:")]
-    assert len(errors) == 1 and done.stderr.strip().splitlines()[-1] == errors[0], done.stderr
-    assert message in errors[0], done.stderr
+Capture = pytest.CaptureFixture[str]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -97,6 +96,7 @@ def test_flops_count_every_weight_once_per_frame() -> None:
 
 
 def test_realtime_json_for_an_untrained_config_shaped_model() -> None:
+    """The real console script: exit 0 and nothing but the JSON report on stdout."""
     args = ("--unidirectional", *FAST_ARGS, "--block", "256", "--precision", "float16", "--json")
     done = run_cli("realtime", *SHAPE_ARGS, *args)
     assert done.returncode == 0, done.stderr
@@ -106,9 +106,19 @@ def test_realtime_json_for_an_untrained_config_shaped_model() -> None:
     (m,) = report["measurements"]
     assert m["threads"] == 1 and m["device"] == "cpu" and m["rtf"] > 0
     assert m["stream"]["block"] == 256 and m["stream"]["precision"] == "float16" and m["stream"]["rtf"] > 0
-    table = run_cli("realtime", *SHAPE_ARGS, *FAST_ARGS)  # bidirectional: offline only
+
+
+def test_realtime_table_of_a_bidirectional_model_measures_offline_only(capsys: Capture) -> None:
+    table = run_main(capsys, "realtime", *SHAPE_ARGS, *FAST_ARGS)
     assert table.returncode == 0, table.stderr
-    assert "rtf_streaming" in table.stdout and "bidirectional" in table.stdout
+    lines = table.stdout.strip().splitlines()
+    assert "bidirectional" in lines[0]
+    header, (row,) = lines[2].split(), [line.split() for line in lines[3:]]
+    cells = dict(zip(header, row, strict=True))
+    assert (cells["device"], cells["threads"]) == ("cpu", "1") and float(cells["rtf"]) > 0
+    # no streaming measurement: every streaming column is empty
+    streaming = [name for name in header if name not in ("device", "threads", "rtf", "rtf_cpu")]
+    assert len(streaming) == 8 and {cells[name] for name in streaming} == {"-"}
 
 
 @pytest.mark.parametrize(
@@ -122,23 +132,29 @@ def test_realtime_json_for_an_untrained_config_shaped_model() -> None:
         (("--unidirectional", "--precision", "bfloat16"), "'bfloat16' is not one of 'float32', 'float16'"),
     ],
 )
-def test_realtime_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], message: str) -> None:
-    assert_one_line_error(run_cli("realtime", *SHAPE_ARGS, "--seconds", "0.5", *args), message)
+def test_realtime_bad_input_is_one_line_and_exit_2(
+    args: tuple[str, ...], message: str, capsys: Capture
+) -> None:
+    assert_one_line_error(run_main(capsys, "realtime", *SHAPE_ARGS, "--seconds", "0.5", *args), message)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_realtime_unavailable_device_is_an_error() -> None:
-    assert_one_line_error(run_cli("realtime", "--hidden-size", "8", "--device", "cuda"), "not available")
+def test_realtime_unavailable_device_is_an_error(capsys: Capture) -> None:
+    done = run_main(capsys, "realtime", "--hidden-size", "8", "--device", "cuda")
+    assert_one_line_error(done, "not available")
 
 
-def test_realtime_missing_model_is_an_error(tracking_uri: str) -> None:
-    done = run_cli("realtime", "--model", "0123456789abcdef0123456789abcdef", "--device", "cpu")
-    assert_one_line_error(done, "cannot load model 'runs:/0123456789abcdef0123456789abcdef/model'")
+def test_realtime_missing_model_is_an_error(tracking_uri: str, capsys: Capture) -> None:
+    done = run_main(capsys, "realtime", "--model", "0123456789abcdef0123456789abcdef", "--device", "cpu")
+    message = "cannot load model 'runs:/0123456789abcdef0123456789abcdef/model'"
+    assert_one_line_error(done, message, progress_before=True)
 
 
-def test_realtime_log_records_into_the_models_run(tracking_uri: str, logged_models: dict[str, str]) -> None:
+def test_realtime_log_records_into_the_models_run(
+    tracking_uri: str, logged_models: dict[str, str], capsys: Capture
+) -> None:
     run_id = logged_models["uni"]
-    done = run_cli("realtime", "--model", run_id, "--device", "cpu", *FAST_ARGS, "--log")
+    done = run_main(capsys, "realtime", "--model", run_id, "--device", "cpu", *FAST_ARGS, "--log")
     assert done.returncode == 0, done.stderr
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.data.metrics["rtf_cpu_1t"] > 0 and run.data.metrics["rtf_streaming_cpu_1t"] > 0
@@ -160,18 +176,18 @@ def test_streaming_metrics_name_a_precision_other_than_float32() -> None:
         }
 
 
-def test_realtime_log_needs_a_model() -> None:
-    assert_one_line_error(run_cli("realtime", *SHAPE_ARGS, "--log"), "give --model")
+def test_realtime_log_needs_a_model(capsys: Capture) -> None:
+    assert_one_line_error(run_main(capsys, "realtime", *SHAPE_ARGS, "--log"), "give --model")
 
 
 def test_separate_stream_writes_files(
-    tmp_path: Path, tracking_uri: str, logged_models: dict[str, str]
+    tmp_path: Path, tracking_uri: str, logged_models: dict[str, str], capsys: Capture
 ) -> None:
     audio = 0.1 * np.random.default_rng(1).standard_normal((SAMPLE_RATE // 2, 2)).astype(np.float32)
     sf.write(tmp_path / "mix.wav", audio, SAMPLE_RATE, subtype="FLOAT")
     out = tmp_path / "out"
     args = ("separate", "--model", logged_models["uni"], str(tmp_path / "mix.wav"), "--out", str(out))
-    done = run_cli(*args, "--device", "cpu", "--stream", "--block", "512", "--precision", "float16")
+    done = run_main(capsys, *args, "--device", "cpu", "--stream", "--block", "512", "--precision", "float16")
     assert done.returncode == 0, done.stderr
     vocals, rate = sf.read(out / "mix_vocals.wav", dtype="float32")
     accompaniment, _ = sf.read(out / "mix_accompaniment.wav", dtype="float32")
@@ -179,28 +195,15 @@ def test_separate_stream_writes_files(
     # target + residual give the mixture back (the residual is mixture minus target per frame)
     np.testing.assert_allclose(vocals + accompaniment, audio, atol=1e-4)
     assert float(np.abs(vocals).max()) > 0
-    assert_one_line_error(run_cli(*args, "--device", "cpu", "--stream", "--block", "300"), "multiple of")
-    assert_one_line_error(run_cli(*args, "--device", "cpu", "--precision", "float16"), "it needs --stream")
+    bad_block = run_main(capsys, *args, "--device", "cpu", "--stream", "--block", "300")
+    assert_one_line_error(bad_block, "multiple of", progress_before=True)
+    not_streamed = run_main(capsys, *args, "--device", "cpu", "--precision", "float16")
+    assert_one_line_error(not_streamed, "it needs --stream", progress_before=True)
 
 
 def test_separate_stream_refuses_a_bidirectional_model(
-    tmp_path: Path, tracking_uri: str, logged_models: dict[str, str]
+    tmp_path: Path, tracking_uri: str, logged_models: dict[str, str], capsys: Capture
 ) -> None:
     sf.write(tmp_path / "mix.wav", np.zeros((SAMPLE_RATE // 4, 2), np.float32), SAMPLE_RATE)
-    done = run_cli("separate", "--model", logged_models["bi"], str(tmp_path / "mix.wav"), "--stream")
-    assert_one_line_error(done, "bidirectional")
-
-
-@pytest.mark.slow
-def test_training_run_logs_its_real_time_probe(tmp_path: Path, tracking_uri: str, synth_root: Path) -> None:
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    done = run_cli(
-        "train", *options, "--unidirectional", "--device", "cpu", "--evaluator", "fast",
-        "--experiment", "test-realtime-train", "--quiet", cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    (run,) = mlflow.search_runs(experiment_names=["test-realtime-train"], output_format="list")
-    metrics, tags = run.data.metrics, run.data.tags
-    assert metrics[tracking.REALTIME_FACTOR] > 0 and metrics[tracking.REALTIME_FACTOR_STREAMING] > 0
-    assert metrics[tracking.LATENCY_MS] == pytest.approx(1000 * (1024 - 256 + 2 * 256) / SAMPLE_RATE)
-    assert tags[tracking.TAG_RTF_DEVICE] == "cpu" and int(tags[tracking.TAG_RTF_THREADS]) >= 1
+    done = run_main(capsys, "separate", "--model", logged_models["bi"], str(tmp_path / "mix.wav"), "--stream")
+    assert_one_line_error(done, "bidirectional", progress_before=True)

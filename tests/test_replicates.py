@@ -8,7 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY, run_main
+from conftest import TINY, assert_one_line_error, run_main
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -70,7 +70,7 @@ def test_each_entry_runs_once_per_seed(
     assert again.returncode == 0, again.stderr
     assert len(trial_runs("replicated")) == 4
     other = run_main(capsys, *optimize_args("replicated", storage, "--replicates", "3", "--quiet"))
-    assert other.returncode == 2 and "runs 2 replicates per entry, not 3" in other.stderr
+    assert_one_line_error(other, "runs 2 replicates per entry, not 3")
     check_report_and_compare(capsys, runs)
 
 
@@ -157,7 +157,5 @@ def test_bad_replicates_are_one_line_errors(
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     grid = () if "--search" in extra else ("--grid", grid_file)
     done = run_main(capsys, *optimize_args("bad-replicates", storage, *grid, *extra, *BASE_ARGS))
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0], done.stderr
+    assert_one_line_error(done, words)
     assert not (tmp_path / "optuna.db").exists(), "nothing is created before the input is checked"

@@ -1,5 +1,9 @@
 """`umx-tune report` against a real MLflow server holding a small grid study (written without training).
 
+The command runs in this process through its entry point (`run_main`); one failure runs as a real
+process. That `optimize` writes the same description when a study ends is checked on a real study
+in test_optimize.py.
+
 The tables are compared number by number with what MLflow holds; csv and json are parsed; the
 plots are checked to be real PNGs of a readable size.
 """
@@ -14,14 +18,14 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+import mlflow
 import pytest
-from conftest import MlflowServer, free_port, run_cli
+from conftest import MlflowServer, assert_one_line_error, free_port, run_cli, run_main
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from study_runs import write_study
 
 from umx_tune import tracking
-from umx_tune.cli import main
 from umx_tune.report import figures as report_figures
 from umx_tune.report import note as report_note
 from umx_tune.report import runs as report_runs
@@ -52,11 +56,15 @@ def study(mlflow_server: MlflowServer) -> Study:
 
 @pytest.fixture(scope="module")
 def cli_run(study: Study, mlflow_server: MlflowServer) -> tuple[str, str]:
-    """The real command, once: markdown to stdout, plots logged to the parent, its note set.
+    """The command, once: markdown to stdout, plots logged to the parent, its note set.
 
     Returns stdout and the parent run's note right after (later tests rewrite the note).
     """
-    done = run_cli("report", "--study", STUDY, MLFLOW_TRACKING_URI=mlflow_server.uri, timeout=240)
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    try:
+        done = run_main(None, "report", "--study", STUDY)
+    finally:
+        mlflow.set_tracking_uri(None)
     assert done.returncode == 0, done.stderr
     return done.stdout, study.client.get_run(study.parent_id).data.tags[tracking.TAG_NOTE]
 
@@ -64,22 +72,6 @@ def cli_run(study: Study, mlflow_server: MlflowServer) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def cli_report(cli_run: tuple[str, str]) -> str:
     return cli_run[0]
-
-
-def in_process(capsys: Capture, *args: str) -> tuple[int, str, str]:
-    """umx-tune's console entry point, called in this process: (status, stdout, stderr).
-
-    The same code as `run_cli` without a new interpreter importing torch and MLflow each time, which
-    costs 10-30 s on two cores; `run_cli` is kept for one success and one failure.
-    """
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = int(stop.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def markdown_tables(text: str) -> list[dict[str, dict[str, str]]]:
@@ -152,8 +144,9 @@ def test_markdown_scores_table_matches_mlflow(study: Study, cli_report: str) -> 
 
 
 def test_csv_parses_and_holds_exact_values(study: Study, capsys: Capture, tracking_uri: str) -> None:
-    code, out, _ = in_process(capsys, "report", "--study", STUDY, "--format", "csv", "--no-plots")
-    assert code == 0
+    done = run_main(capsys, "report", "--study", STUDY, "--format", "csv", "--no-plots")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     rows = {row["name"]: row for row in csv.DictReader(io.StringIO(out))}
     assert list(rows) == ORDER
     for name, run in study.runs.items():
@@ -166,8 +159,9 @@ def test_csv_parses_and_holds_exact_values(study: Study, capsys: Capture, tracki
 
 
 def test_json_parses_with_typed_values(study: Study, capsys: Capture, tracking_uri: str) -> None:
-    code, out, _ = in_process(capsys, "report", "--study", STUDY, "--format", "json", "--no-plots")
-    assert code == 0
+    done = run_main(capsys, "report", "--study", STUDY, "--format", "json", "--no-plots")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     document = json.loads(out)
     assert document["study"] == STUDY
     assert document["parent_run_id"] == study.parent_id
@@ -210,8 +204,9 @@ class _Tables(HTMLParser):
 
 
 def test_html_has_both_tables(study: Study, capsys: Capture, tracking_uri: str) -> None:
-    code, out, _ = in_process(capsys, "report", "--study", STUDY, "--format", "html", "--no-plots")
-    assert code == 0 and out.startswith("<!DOCTYPE html>")
+    done = run_main(capsys, "report", "--study", STUDY, "--format", "html", "--no-plots")
+    assert done.returncode == 0 and done.stdout.startswith("<!DOCTYPE html>"), done.stderr
+    out = done.stdout
     parser = _Tables()
     parser.feed(out)
     training, scores = ({row[0]: dict(zip(t[0], row, strict=True)) for row in t[1:]} for t in parser.tables)
@@ -241,7 +236,7 @@ def test_plots_are_logged_to_the_parent_run(study: Study, cli_report: str, tmp_p
         Path(a.path).name
         for a in study.client.list_artifacts(study.parent_id, report_figures.PLOTS_ARTIFACT_PATH)
     }
-    assert artifacts == PLOTS
+    assert artifacts == PLOTS | {"index.html"}  # and the study page (tests/test_study_page.py)
     folder = Path(
         study.client.download_artifacts(study.parent_id, report_figures.PLOTS_ARTIFACT_PATH, str(tmp_path))
     )
@@ -250,10 +245,11 @@ def test_plots_are_logged_to_the_parent_run(study: Study, cli_report: str, tmp_p
 
 
 def test_plots_to_a_folder(study: Study, capsys: Capture, tracking_uri: str, tmp_path: Path) -> None:
-    code, _, err = in_process(capsys, "report", "--study", STUDY, "--out", str(tmp_path / "plots"))
-    assert code == 0
-    assert {p.name for p in (tmp_path / "plots").iterdir()} == PLOTS
-    for path in (tmp_path / "plots").iterdir():
+    done = run_main(capsys, "report", "--study", STUDY, "--out", str(tmp_path / "plots"))
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == PLOTS | {"index.html"}
+    for path in (tmp_path / "plots").glob("*.png"):
         check_png(path)
         assert f"plot: {path}" in err
 
@@ -269,12 +265,6 @@ def test_parent_run_description_holds_the_tables(cli_run: tuple[str, str]) -> No
     assert training["open-unmix4"]["training time"] == "0:31:09"
     assert f"umx-tune report --study '{STUDY}'" in note
     assert "report/scores.png" in note
-
-
-def test_describe_study_is_callable_at_study_end(study: Study, tracking_uri: str) -> None:
-    text = report_note.describe_study(study.parent_id)
-    assert study.client.get_run(study.parent_id).data.tags[tracking.TAG_NOTE] == text
-    assert list(markdown_tables(text)[0]) == ORDER
 
 
 def test_note_fits_mlflow_tag_limit() -> None:
@@ -300,16 +290,18 @@ def test_note_fits_mlflow_tag_limit() -> None:
 
 
 def test_experiment_lists_trials_not_the_parent(study: Study, capsys: Capture, tracking_uri: str) -> None:
-    code, out, err = in_process(capsys, "report", "--experiment", EXPERIMENT, "--format", "json")
-    assert code == 0
+    done = run_main(capsys, "report", "--experiment", EXPERIMENT, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    out, err = done.stdout, done.stderr
     assert [r["name"] for r in json.loads(out)["runs"]] == ORDER
     assert "give --out DIR" in err  # no parent run to log plots to
     assert "MLflow UI" not in err  # the UI link is a study's
 
 
 def test_study_prints_where_the_ui_compares_it(study: Study, capsys: Capture, tracking_uri: str) -> None:
-    code, _, err = in_process(capsys, "report", "--study", STUDY, "--no-plots")
-    assert code == 0
+    done = run_main(capsys, "report", "--study", STUDY, "--no-plots")
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
     experiment_id = study.runs["open-unmix"].info.experiment_id
     expected = (
         f"compare in the MLflow UI: {tracking_uri}/#/experiments/{experiment_id}/runs?"
@@ -320,8 +312,9 @@ def test_study_prints_where_the_ui_compares_it(study: Study, capsys: Capture, tr
 
 def test_runs_by_id(study: Study, capsys: Capture, tracking_uri: str) -> None:
     ids = [study.run_ids["trial-7"], study.run_ids["open-unmix2"]]
-    code, out, _ = in_process(capsys, "report", "--runs", *ids, "--no-plots")
-    assert code == 0
+    done = run_main(capsys, "report", "--runs", *ids, "--no-plots")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     training, scores = markdown_tables(out)
     assert list(training) == ["open-unmix2", "trial-7"]
     assert "rtf_streaming" not in next(iter(scores.values()))  # no run has it: column left out
@@ -338,24 +331,16 @@ def empty_study(study: Study) -> Iterator[str]:
     yield "empty"
 
 
-def assert_one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("umx-tune: error:"), err
-    for word in words:
-        assert word in lines[0]
-
-
 def test_unknown_study_in_a_real_process(study: Study, mlflow_server: MlflowServer) -> None:
     done = run_cli("report", "--study", "nope", MLFLOW_TRACKING_URI=mlflow_server.uri, timeout=240)
-    assert_one_line_error(done.returncode, done.stderr, "no study named 'nope'")
+    assert_one_line_error(done, "no study named 'nope'")
     assert done.stdout == ""
 
 
 def test_unknown_format(capsys: Capture, tracking_uri: str) -> None:
-    code, out, err = in_process(capsys, "report", "--study", STUDY, "--format", "xml")
-    assert_one_line_error(code, err, "'xml'", "markdown")
-    assert out == ""
+    done = run_main(capsys, "report", "--study", STUDY, "--format", "xml")
+    assert_one_line_error(done, "'xml'", "markdown")
+    assert done.stdout == ""
 
 
 @pytest.mark.parametrize(
@@ -378,12 +363,11 @@ def test_nothing_to_report(
     capsys: Capture,
     tracking_uri: str,
 ) -> None:
-    code, out, err = in_process(capsys, "report", *args)
-    assert_one_line_error(code, err, *words)
-    assert out == ""
+    done = run_main(capsys, "report", *args)
+    assert_one_line_error(done, *words)
+    assert done.stdout == ""
 
 
 def test_server_down(capsys: Capture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    code, _, err = in_process(capsys, "report", "--study", STUDY)
-    assert_one_line_error(code, err, "does not answer")
+    assert_one_line_error(run_main(capsys, "report", "--study", STUDY), "does not answer")

@@ -10,13 +10,13 @@ import pytest
 import yaml
 from conftest import REPO
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
 
 from umx_tune.cli.options import option_name
 from umx_tune.config import TrainConfig, param_fields
 from umx_tune.errors import ConfigError
-from umx_tune.search import choices, objectives, plans, show, storage
+from umx_tune.search import choices, objectives, plans, show, storage, worker
 from umx_tune.search.settings import Request
+from umx_tune.search.setup import StudyContext
 
 STUDY_DOC = REPO / "docs" / "study.md"
 STUDY_GRID_HEADING = "## The fixed study grid"
@@ -210,18 +210,22 @@ def test_default_storage_sits_beside_a_local_tracking_store(monkeypatch: pytest.
 
 
 def _claim_all(url: str, queue: multiprocessing.Queue) -> None:
-    """Claim WAITING trials until none is left, as workers do; report the numbers claimed."""
+    """Claim queued trials with the workers' own claim until none is left; report the numbers claimed."""
     raw = storage.open_storage(url, storage.HeartbeatSettings.every(5), lambda study, trial: None)
-    study_id = raw.get_study_id_from_name("race")
+    space = plans.load_space("default", TrainConfig())
+    ctx = StudyContext(
+        settings=Request("race", space, None, 120, {}, None, None, None).new_settings("valid_loss"),
+        objective=objectives.get("valid_loss"),
+        storage=raw,
+        storage_url=url,
+        study_id=raw.get_study_id_from_name("race"),
+        parent_run_id="",  # claims do not touch MLflow
+        created=False,
+    )
+    study = optuna.load_study(study_name="race", storage=raw)
     claimed = []
-    while waiting := raw.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        for trial in waiting:
-            try:
-                if raw.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
-                    claimed.append(trial.number)
-                    break
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
+    while (trial := worker.claim(ctx, study)) is not None:
+        claimed.append(trial.number)
     queue.put(claimed)
 
 
@@ -252,6 +256,7 @@ def test_mlproject_optimize_entry_point_has_every_option() -> None:
     # output, printing and process-placement options are for the command line
     local = {"quiet", "show_grid", "show_space", "checkpoint_dir", "experiment"}
     local |= {"backend", "spark_master", "spark_workers"}
+    local |= {f"no_{f.name}" for f in param_fields()}  # --no-audio: MLproject passes --audio false
     options = {p.name for p in command.params} - local
     assert set(entry["parameters"]) == options | {f.name for f in param_fields()}
     for name in entry["parameters"]:
