@@ -30,7 +30,8 @@ MODEL_SHAPING = ("target", "hidden_size", "unidirectional", "bandwidth", "nfft",
 
 # Parameters that do not change results (the loss curve is the same for any worker count), left
 # out of the run signature so that runs differing only in them are recognised as duplicates.
-RESULT_NEUTRAL = ("nb_workers",)
+# The listening excerpt (listen_*, audio) is logged after evaluation and changes no score either.
+RESULT_NEUTRAL = ("nb_workers", "listen_track", "listen_seconds", "audio")
 
 
 def _param(
@@ -83,6 +84,13 @@ class TrainConfig:
     synth_seed: int = _param(0, "synthetic dataset: generator seed", low=0)
     # "fast" (bsseval.py) matches museval to 1e-6 dB at about a twelfth of its CPU time
     evaluator: str = _param("fast", "BSSEval v4 implementation", choices=EVALUATORS)
+    # what a run logs to listen to (audio/): the excerpt's test track and length; the whole track
+    # where it is shorter (umx_tune/evaluation/listen.py)
+    listen_track: str = _param("", "test track whose excerpt the run logs as audio; empty = the first")
+    listen_seconds: float = _param(
+        15.0, "seconds of the excerpt (from the track's start)", low=0.0, low_open=True
+    )
+    audio: bool = _param(True, "log the listening excerpt and its spectrograms (--no-audio: skip)")
 
     def __post_init__(self) -> None:
         for f in fields(self):

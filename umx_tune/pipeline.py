@@ -10,16 +10,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from openunmix.model import Separator
 
 from umx_tune import tracking
-from umx_tune.config import TrainConfig
+from umx_tune.config import SAMPLE_RATE, TrainConfig
 from umx_tune.data.dataset import Track, open_dataset
+from umx_tune.evaluation import listen
+from umx_tune.evaluation.listen import Excerpt
 from umx_tune.evaluation.protocol import Protocol, protocol_for
 from umx_tune.evaluation.scoring import EvaluationResult, evaluate_tracks
 from umx_tune.paths import DEFAULT_CHECKPOINT_ROOT
-from umx_tune.report.plots import loss_curve_png
+from umx_tune.report.plots import loss_curve_png, spectrograms_png
 from umx_tune.separation import speed
 from umx_tune.separation.model import build_separator, resolve_device
 from umx_tune.tracking.runs import RunTracker, artifact_tempdir
@@ -59,6 +62,7 @@ def run_experiment(
     """
     device = resolve_device(config.device)
     data = open_dataset(config, progress=progress)
+    excerpt = listen.choose(data.test, config)  # an unknown listen_track fails before training
     tracker.log_config(config)
     tracker.set_tags({tracking.TAG_DEVICE: str(device)})
     tracker.log_dataset(data.root, data.digest(), name=data.root.name)
@@ -76,7 +80,7 @@ def run_experiment(
     separator = build_separator(config, training.unmix.to(device))
     protocol = protocol_for(config, data.digest(splits=("test",)))
     evaluation = evaluate_and_log(
-        separator, data.test, protocol, device=device, tracker=tracker, progress=progress
+        separator, data.test, protocol, device=device, tracker=tracker, progress=progress, excerpt=excerpt
     )
     measurement = speed.probe(separator, data.test, device)
     tracker.log_realtime(measurement)
@@ -117,10 +121,12 @@ def evaluate_and_log(
     device: torch.device,
     tracker: RunTracker,
     progress: bool,
+    excerpt: Excerpt | None = None,
 ) -> EvaluationResult:
     """Score the test tracks as protocol says (its evaluator; its first target is the model's); log
     per-estimate metrics, the target's plain SDR/SIR/ISR/SAR, its per-track scores and the protocol
-    (tags), and the per-track JSONs (under eval/). The pipeline and `umx-tune evaluate` end here."""
+    (tags), the per-track JSONs (under eval/) and the excerpt to listen to (under audio/, from the
+    estimates the scoring separated). The pipeline and `umx-tune evaluate` end here."""
     target = protocol.targets[0]
     with artifact_tempdir() as tmp:
         evaluation = evaluate_tracks(
@@ -131,8 +137,13 @@ def evaluate_and_log(
             device=device,
             evaluator=protocol.evaluator,
             progress=progress,
+            keep=excerpt,
         )
         tracker.log_artifacts(Path(tmp), tracking.EVAL_ARTIFACT_DIR)
+    if excerpt is not None:
+        assert excerpt.target == target and evaluation.excerpt is not None, "an excerpt of tracks, of target"
+        track = next(t for t in tracks if t.name == excerpt.track)
+        _log_excerpt(tracker, excerpt, listen.parts(excerpt, track, evaluation.excerpt))
     tracker.log_scores(evaluation.scores, target, evaluation.seconds)
     tags = protocol.to_tags(tracking.TAG_PROTOCOL, tracking.TAG_PROTOCOL_SUMMARY)
     track_scores = track_scores_tag(evaluation, target)
@@ -140,6 +151,25 @@ def evaluate_and_log(
         tags[tracking.TAG_TRACK_SCORES] = track_scores
     tracker.set_tags(tags)
     return evaluation
+
+
+def _log_excerpt(tracker: RunTracker, excerpt: Excerpt, parts: dict[str, np.ndarray]) -> None:
+    """The excerpt's FLAC files and the spectrograms of its reference and estimate (under audio/),
+    and which excerpt it is (a tag); a clipped excerpt is also a warning."""
+    target = excerpt.target
+    if excerpt.clipped:
+        print(listen.clip_warning(excerpt), file=sys.stderr)
+    reference = parts[tracking.excerpt_artifact(tracking.EXCERPT_REFERENCE, target)]
+    estimate = parts[tracking.excerpt_artifact(tracking.EXCERPT_ESTIMATE, target)]
+    with artifact_tempdir() as tmp:
+        folder = Path(tmp)
+        listen.write(parts, folder)
+        title = f"{target}: {excerpt.describe()}"
+        spectrograms_png(
+            reference, estimate, SAMPLE_RATE, folder / Path(tracking.SPECTROGRAMS_ARTIFACT).name, title
+        )
+        tracker.log_artifacts(folder, tracking.AUDIO_ARTIFACT_DIR)
+    tracker.set_tags({tracking.TAG_LISTEN_EXCERPT: excerpt.to_tag()})
 
 
 def track_scores_tag(evaluation: EvaluationResult, target: str) -> str | None:

@@ -16,7 +16,10 @@ from umx_tune.config import TrainConfig
     "--pretrained", default=None, help="Open-Unmix pretrained model instead (umxhq; needs internet)"
 )
 @config_options(
-    only=("target", "root", "is_wav", "synth_tracks", "synth_duration", "synth_seed", "evaluator", "device")
+    only=(
+        *("target", "root", "is_wav", "synth_tracks", "synth_duration", "synth_seed", "evaluator", "device"),
+        *("listen_track", "listen_seconds", "audio"),
+    )
 )
 @EXPERIMENT
 @click.option("--run-name", default=None, help="MLflow run name [default: generated]")
@@ -39,6 +42,7 @@ def evaluate(
 
     from umx_tune import tracking
     from umx_tune.data.dataset import open_dataset
+    from umx_tune.evaluation import listen
     from umx_tune.evaluation.protocol import protocol_for
     from umx_tune.pipeline import evaluate_and_log
     from umx_tune.report.summary import score_lines
@@ -57,6 +61,8 @@ def evaluate(
         source = model_uri(model_ref)
     target = next(iter(separator.target_models))
     data = open_dataset(config, progress=not quiet)
+    # of the model's own target; an unknown listen_track fails before the run starts
+    excerpt = listen.choose(data.test, config.replace(target=target))
     with start_run(experiment=experiment, run_name=run_name or f"evaluate {source}") as tracker:
         tracker.set_tags({tracking.TAG_EVALUATED_MODEL: source, tracking.TAG_KIND: tracking.KIND_EVALUATION})
         tracker.log_dataset(data.root, data.digest(), name=data.root.name)
@@ -65,7 +71,13 @@ def evaluate(
             config.replace(target=target), data.digest(splits=("test",)), niter=separator.niter
         )
         result = evaluate_and_log(
-            separator, data.test, protocol, device=device, tracker=tracker, progress=not quiet
+            separator,
+            data.test,
+            protocol,
+            device=device,
+            tracker=tracker,
+            progress=not quiet,
+            excerpt=excerpt,
         )
         click.echo(f"run {tracker.run_id}: {source} on {len(data.test)} test tracks")
     click.echo("\n".join(score_lines(result.scores)))

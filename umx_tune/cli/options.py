@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import click
 
 from umx_tune.config import STREAM_PRECISIONS, TrainConfig, param_fields, param_type
+from umx_tune.errors import ConfigError
 from umx_tune.paths import DEFAULT_CHECKPOINT_ROOT
 from umx_tune.tracking import DEFAULT_EXPERIMENT
 
@@ -25,9 +27,20 @@ def option_name(param: str) -> str:
     return "--" + param.replace("_", "-")
 
 
+def negated_name(param: str) -> str:
+    """The flag that turns off a boolean parameter that defaults to on: audio -> --no-audio."""
+    return "--no-" + param.replace("_", "-")
+
+
+def _negatable(f: dataclasses.Field) -> bool:
+    """A boolean parameter that defaults to True also gets its --no-NAME flag."""
+    return param_type(f) == "bool" and f.default is True
+
+
 def config_options(only: Iterable[str] | None = None) -> Callable[[Callable], Callable]:
-    """Decorator adding one option per TrainConfig parameter (or those in only); defaults stay None
-    so that `pop_config_values` can tell what the user set."""
+    """Decorator adding one option per TrainConfig parameter (or those in only), and --no-NAME for
+    a boolean one that is on by default; defaults stay None so that `pop_config_values` can tell
+    what the user set."""
     wanted = set(only) if only is not None else None
     defaults = TrainConfig()
 
@@ -36,6 +49,13 @@ def config_options(only: Iterable[str] | None = None) -> Callable[[Callable], Ca
             if wanted is not None and f.name not in wanted:
                 continue
             kind = param_type(f)
+            if _negatable(f):
+                func = click.option(
+                    negated_name(f.name),
+                    f"no_{f.name}",
+                    is_flag=True,
+                    help=f"the same as {option_name(f.name)} false",
+                )(func)
             extra: dict[str, Any] = {}
             if kind == "bool":  # `--unidirectional` alone, or `--unidirectional false` (MLproject)
                 extra = {"is_flag": False, "flag_value": True}
@@ -54,10 +74,17 @@ def config_options(only: Iterable[str] | None = None) -> Callable[[Callable], Ca
 
 
 def pop_config_values(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Remove the TrainConfig options from a command's kwargs; return those the user set."""
+    """Remove the TrainConfig options (and --no-NAME flags) from a command's kwargs; return those the
+    user set. ConfigError for a flag and its opposite value given together."""
     names = {f.name for f in param_fields()}
     given = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-    return {k: v for k, v in given.items() if v is not None}
+    given = {k: v for k, v in given.items() if v is not None}
+    for f in filter(_negatable, param_fields()):
+        if kwargs.pop(f"no_{f.name}", False):
+            if given.get(f.name) is True:  # click has typed it
+                raise ConfigError(f"give {option_name(f.name)} or {negated_name(f.name)}, not both")
+            given[f.name] = False
+    return given
 
 
 def checkpoint_dir_option(help_text: str) -> Callable[[Callable], Callable]:

@@ -24,6 +24,7 @@ from openunmix import model as umx_model
 
 from umx_tune.config import SAMPLE_RATE
 from umx_tune.data.dataset import Track
+from umx_tune.evaluation.listen import Excerpt
 from umx_tune.separation.offline import residual_name, separate
 
 T = TypeVar("T")
@@ -36,11 +37,13 @@ TrackScores = dict[str, dict[str, dict[str, float]]]
 @dataclass
 class EvaluationResult:
     """SiSEC aggregates {name: {metric: dB}} for the target and residual, each track's own scores,
-    and the time they took."""
+    the time they took, and the estimates of the excerpt asked for (`separate`'s names, each
+    (nb_samples, nb_channels); None without one)."""
 
     scores: dict[str, dict[str, float]]
     tracks: TrackScores
     seconds: float
+    excerpt: dict[str, np.ndarray] | None = None
 
 
 def evaluate_tracks(
@@ -53,21 +56,27 @@ def evaluate_tracks(
     evaluator: str,
     workers: int | None = None,
     progress: bool = False,
+    keep: Excerpt | None = None,
 ) -> EvaluationResult:
-    """Separate and score every track; write one museval JSON per track into out_dir."""
+    """Separate and score every track; write one museval JSON per track into out_dir. The estimates
+    of keep's excerpt (of one of tracks) are kept: the listening excerpt needs no second separation."""
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = workers or min(len(tracks), os.cpu_count() or 1)
+    kept = None
     with _scoring_pool(workers) as pool:
         jobs: list[Future[str]] = []
         for track in tqdm.tqdm(tracks, desc="separating", disable=not progress, leave=False):
             estimates = separate(separator, track.read("mixture"), device)
+            if keep is not None and track.name == keep.track:
+                kept = {name: keep.cut(audio).copy() for name, audio in estimates.items()}
             jobs.append(pool.submit(score_track, track, target, estimates, evaluator))
         track_jsons = {track.name: job.result() for track, job in zip(tracks, jobs, strict=True)}
     for name, text in track_jsons.items():
         (out_dir / f"{name}.json").write_text(text)
     store = _eval_store(track_jsons)
-    return EvaluationResult(aggregate(store), per_track(store), seconds=time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return EvaluationResult(aggregate(store), per_track(store), seconds, excerpt=kept)
 
 
 class _InlineExecutor(Executor):

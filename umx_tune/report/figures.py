@@ -1,14 +1,13 @@
-"""The report's plots of a study's runs, written to a folder or logged to the study's parent run."""
+"""The report's plots of a study's runs, written to a folder (report.page logs them with the page)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from umx_tune import tracking
-from umx_tune.report.runs import Report, reading_client
+from umx_tune.report.runs import Report
 from umx_tune.report.tables import configs, target_label
 from umx_tune.report.uncertainty import TRAIN_SECONDS, Config
-from umx_tune.tracking.runs import artifact_tempdir
 
 PLOTS_ARTIFACT_PATH = tracking.REPORT_ARTIFACT_DIR
 
@@ -69,13 +68,3 @@ def _bounds(config: Config, names: dict[str, str]) -> dict[str, tuple[float, flo
         if interval is not None and interval.low is not None and interval.high is not None:
             found[label] = (interval.low, interval.high)
     return found
-
-
-def log_plots(report: Report, run_id: str) -> list[str]:
-    """Write the plots and log them as artifacts of run_id (under report/); their artifact paths."""
-    client = reading_client()
-    with artifact_tempdir() as tmp:
-        written = write_plots(report, Path(tmp))
-        if written:
-            client.log_artifacts(run_id, Path(tmp), PLOTS_ARTIFACT_PATH)
-    return [f"{PLOTS_ARTIFACT_PATH}/{path.name}" for path in written]

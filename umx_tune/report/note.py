@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from umx_tune import tracking
 from umx_tune.report import findings
-from umx_tune.report.runs import Report, ReportError, load_children, reading_client
+from umx_tune.report.runs import Report, ReportError, reading_client
 from umx_tune.report.tables import (
     SCORE_COLUMNS,
     TRAINING_COLUMNS,
@@ -53,7 +53,8 @@ def _summary(report: Report) -> str:
 
 def note(report: Report, plot_paths: Sequence[str] = ()) -> str:
     """The parent run's description: a summary line, the scores and the training table (each value
-    with its interval), then the findings on the study's questions.
+    with its interval), then the findings on the study's questions, and where the page and the
+    plots are (plot_paths: the report's artifacts).
 
     Scores come first because the UI folds a long description after its first lines. Tables keep
     as many configs as MLflow's tag limit allows; the findings are left out only when they alone
@@ -63,8 +64,11 @@ def note(report: Report, plot_paths: Sequence[str] = ()) -> str:
     shown = configs(report)
     total = len(shown)
     footer = f"\nFull report: `{command}`.\n"
-    if plot_paths:
-        footer += "Plots (artifacts of this run): " + ", ".join(f"`{p}`" for p in plot_paths) + ".\n"
+    if tracking.STUDY_PAGE_ARTIFACT in plot_paths:
+        footer += f"Study page with players for an A/B (Artifacts): `{tracking.STUDY_PAGE_ARTIFACT}`.\n"
+    plots = [p for p in plot_paths if p != tracking.STUDY_PAGE_ARTIFACT]
+    if plots:
+        footer += "Plots (artifacts of this run): " + ", ".join(f"`{p}`" for p in plots) + ".\n"
     answers = findings.markdown(findings.find(shown)).replace("## Findings", "#### findings")
 
     def text(keep: int, with_findings: bool) -> str:
@@ -90,15 +94,6 @@ def note(report: Report, plot_paths: Sequence[str] = ()) -> str:
         if low:
             return text(low, with_findings)
     return _summary(report) + "\n" + footer
-
-
-def describe_study(parent_run_id: str) -> str:
-    """Set a study parent run's MLflow description (`mlflow.note.content`) to its results tables.
-
-    The optimize command calls this when a study ends; `umx-tune report --study` refreshes it.
-    Describes the runs nested under the parent; returns the text set.
-    """
-    return set_note(load_children(parent_run_id))
 
 
 def set_note(report: Report, plot_paths: Sequence[str] = ()) -> str:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+import scipy.signal
+from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
@@ -185,3 +189,54 @@ def sdr_vs_rtf_png(points: Mapping[str, tuple[float, float, bool]], path: Path, 
     ax.legend(fontsize=8)
     ax.margins(y=0.15)
     return _save(fig, path)
+
+
+SPECTROGRAM_NFFT = 2048
+SPECTROGRAM_HOP = 512
+SPECTROGRAM_RANGE_DB = 80.0  # the colour scale spans this far below the louder signal's peak
+LOWEST_HZ = 30.0  # a log-frequency axis cannot start at 0 Hz
+
+
+def _spectrogram_db(audio: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frequencies (nb_bins,), times (nb_frames,), magnitude in dB (nb_bins, nb_frames)) of
+    audio (nb_samples, nb_channels), its channels averaged first."""
+    mono = audio.mean(axis=1)
+    freqs, times, stft = scipy.signal.stft(
+        mono, fs=rate, nperseg=SPECTROGRAM_NFFT, noverlap=SPECTROGRAM_NFFT - SPECTROGRAM_HOP
+    )
+    keep = freqs >= LOWEST_HZ
+    return freqs[keep], times, 20 * np.log10(np.abs(stft[keep]) + 1e-10)
+
+
+def spectrograms_figure(reference: np.ndarray, estimate: np.ndarray, rate: int, title: str = "") -> Figure:
+    """The reference's and the estimate's magnitude spectrograms (each (nb_samples, nb_channels),
+    channels averaged), one above the other on a log-frequency axis and one colour scale (dB, the
+    louder one's peak down SPECTROGRAM_RANGE_DB), so that what the estimate lacks or adds shows."""
+    spectra = {"reference": _spectrogram_db(reference, rate), "estimate": _spectrogram_db(estimate, rate)}
+    top = max(float(db.max()) for _, _, db in spectra.values())
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), dpi=100, sharex=True, sharey=True, layout="constrained")
+    for ax, (label, (freqs, times, db)) in zip(axes, spectra.items(), strict=True):
+        mesh = ax.pcolormesh(
+            times, freqs, db, shading="nearest", cmap="magma", vmin=top - SPECTROGRAM_RANGE_DB, vmax=top
+        )
+        ax.set_yscale("log")
+        ax.set_ylabel("frequency (Hz)")
+        ax.set_title(label, fontsize=10, loc="left")
+    axes[-1].set_xlabel("time (s)")
+    fig.suptitle(title or "reference and estimate")
+    fig.colorbar(mesh, ax=list(axes), label="magnitude (dB)")
+    return fig
+
+
+def spectrograms_png(
+    reference: np.ndarray, estimate: np.ndarray, rate: int, path: Path, title: str = ""
+) -> Path:
+    """`spectrograms_figure`, written as a PNG of 256 colours to path (a third of the size of a
+    full-colour one: noisy spectra compress badly; the colour map has 256 colours anyway)."""
+    fig = spectrograms_figure(reference, estimate, rate, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, "PNG", optimize=True)
+    return path

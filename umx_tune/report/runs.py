@@ -12,6 +12,7 @@ from typing import Any
 from umx_tune import tracking
 from umx_tune.config import coerce, param_fields
 from umx_tune.errors import ReportError, UmxTuneError
+from umx_tune.evaluation.listen import Excerpt
 from umx_tune.evaluation.protocol import Protocol, check_same
 from umx_tune.tracking.client import Client, Run
 from umx_tune.tracking.server import check_server, tracking_uri
@@ -38,6 +39,7 @@ class RunRow:
     # the target's per-track scores {track: {metric: dB}}, empty when the run records none
     track_scores: dict[str, dict[str, float]] = field(default_factory=dict)
     protocol: Protocol | None = None  # how it was scored; None for runs scored before it was recorded
+    excerpt: Excerpt | None = None  # the excerpt its audio/ artifacts hold; None: it logged none
 
     def metric(self, name: str) -> float | None:
         return self.metrics.get(name)
@@ -124,6 +126,7 @@ def run_row(client: Client, run: Run) -> RunRow:
         confirms=_int_or_none(tags.get(tracking.TAG_CONFIRMS)),
         track_scores=_track_scores(tags.get(tracking.TAG_TRACK_SCORES)),
         protocol=Protocol.from_tags(tags, tracking.TAG_PROTOCOL, tracking.TAG_PROTOCOL_SUMMARY),
+        excerpt=Excerpt.from_tag(tags.get(tracking.TAG_LISTEN_EXCERPT)),
     )
 
 

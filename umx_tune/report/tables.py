@@ -277,26 +277,39 @@ def html_table(report: Report, table: Sequence[Column], caption: str, shown: Seq
     )
 
 
-def to_html(report: Report, protocol: str | None = None) -> str:
-    """A standalone HTML page with both tables."""
-    title = html.escape(f"umx-tune report: {report.title}")
-    style = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0 2em}"
-        "th,td{border:1px solid #ccc;padding:.3em .6em}caption{font-weight:bold;text-align:left}"
+HTML_STYLE = (
+    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0 2em}"
+    "th,td{border:1px solid #ccc;padding:.3em .6em}caption{font-weight:bold;text-align:left}"
+)
+
+
+def html_document(title: str, body: str, style: str = "") -> str:
+    """A standalone HTML page of title (plain text) and body (HTML), with the tables' style."""
+    title = html.escape(title)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{HTML_STYLE}{style}</style></head>\n<body>\n<h1>{title}</h1>\n{body}</body>\n</html>\n"
     )
-    shown = configs(report)
+
+
+def html_tables(report: Report, protocol: str | None, shown: Sequence[Config]) -> str:
+    """The protocol, both tables, their legend and the findings, as HTML."""
     tables = [
         html_table(report, TRAINING_COLUMNS, "training", shown),
         html_table(report, SCORE_COLUMNS, f"separation of {target_label(report)} (BSSEval v4, dB)", shown),
     ]
     header = f"<p>Evaluation protocol: {html.escape(protocol)}</p>\n" if protocol else ""
     return (
-        f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{style}</style></head>\n<body>\n<h1>{title}</h1>\n{header}"
+        header
         + "\n".join(tables)
         + f"\n<p>{html.escape(legend(shown))}</p>\n"
-        + f"<pre>{html.escape(_findings(shown))}</pre>\n</body>\n</html>\n"
+        + f"<pre>{html.escape(_findings(shown))}</pre>\n"
     )
+
+
+def to_html(report: Report, protocol: str | None = None) -> str:
+    """A standalone HTML page with both tables."""
+    return html_document(f"umx-tune report: {report.title}", html_tables(report, protocol, configs(report)))
 
 
 RENDERERS: dict[str, Callable[[Report, str | None], str]] = {

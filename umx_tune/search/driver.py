@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from umx_tune.errors import UmxTuneError
-from umx_tune.report.note import describe_study
+from umx_tune.report.page import publish_study
 from umx_tune.search import choices, confirm, mirror, storage, worker
 from umx_tune.search.settings import Request
 from umx_tune.search.setup import StudyContext, open_study
@@ -142,17 +142,18 @@ def _conclude(outcome: Outcome, study: optuna.Study, register_best: str | None) 
 
 
 def _describe(ctx: StudyContext) -> None:
-    """The results tables as the parent run's description (the MLflow UI shows it on the run's page).
+    """The results tables as the parent run's description (the MLflow UI shows it on the run's page),
+    and its page (report/index.html: tables, plots, players for the best and the worst config).
 
-    The study is concluded without it if MLflow refuses (a warning says how to write it later):
+    The study is concluded without them if MLflow refuses (a warning says how to write them later):
     trials, best trial and registered model are already recorded, and the parent must still end.
     """
     try:
-        describe_study(ctx.parent_run_id)
+        publish_study(ctx.parent_run_id)
     except UmxTuneError as err:  # TrackingError: MLflow refused or did not answer
         print(
-            f"umx-tune: warning: the study's description was not written ({err}); "
-            f"`umx-tune report --study '{ctx.settings.name}'` writes it",
+            f"umx-tune: warning: the study's description and page were not written ({err}); "
+            f"`umx-tune report --study '{ctx.settings.name}'` writes them",
             file=sys.stderr,
         )
 

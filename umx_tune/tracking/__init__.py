@@ -117,11 +117,30 @@ TAG_PROTOCOL_SUMMARY = "umx_tune.protocol_summary"
 # JSON {track: {metric: dB}}: the target's per-track scores (median over frames), for intervals over tracks
 TAG_TRACK_SCORES = "umx_tune.track_scores"
 COMPARE_ARTIFACT_DIR = "compare"  # a study parent run's `umx-tune compare` results (JSON)
+# a run's listening excerpt (umx_tune.evaluation.listen): the mixture, the target's reference, the
+# estimates of the target and of the residual, as FLAC files the MLflow UI plays, and a PNG of the
+# reference's and estimate's spectrograms; the tag says which track and which seconds
+AUDIO_ARTIFACT_DIR = "audio"
+AUDIO_EXTENSION = ".flac"
+EXCERPT_MIXTURE = "mixture"
+EXCERPT_REFERENCE = "reference"
+EXCERPT_ESTIMATE = "estimate"
+SPECTROGRAMS_ARTIFACT = f"{AUDIO_ARTIFACT_DIR}/spectrograms.png"
+TAG_LISTEN_EXCERPT = "umx_tune.listen_excerpt"  # JSON: {"track", "start", "frames", "requested"}
+# a study parent run's page: tables, plots and players, one self-contained HTML file
+STUDY_PAGE_ARTIFACT = f"{REPORT_ARTIFACT_DIR}/index.html"
 
 
 def metric_name(estimate: str, metric: str) -> str:
     """Per-estimate BSSEval metric name, e.g. 'vocals_SDR', 'accompaniment_SIR'."""
     return f"{estimate}_{metric}"
+
+
+def excerpt_artifact(part: str, estimate: str = "") -> str:
+    """A listening excerpt's file: audio/mixture.flac, audio/reference_vocals.flac,
+    audio/estimate_vocals.flac, audio/estimate_accompaniment.flac."""
+    name = f"{part}_{estimate}" if estimate else part
+    return f"{AUDIO_ARTIFACT_DIR}/{name}{AUDIO_EXTENSION}"
 
 
 def trial_value_name(index: int) -> str:
