@@ -1,4 +1,5 @@
-"""Training throughput: umx-tune's trainer against Open-Unmix's reference loop, and MLflow's cost.
+"""Training throughput: umx-tune's trainer against Open-Unmix's reference loop, and MLflow's cost
+(per-epoch logging and MLflow's system metrics, as shares of an epoch).
 
 Prints JSON. Both loops train the same OpenUnmix (same config, same synthetic WAV tracks, same
 threads) for the same number of batches, interleaved run by run so that machine noise hits both
@@ -8,7 +9,7 @@ Data-loading share = time to iterate the same DataLoader alone / time of the tra
 
     .venv/bin/python benchmarks/train_throughput.py            # hidden 512/batch 16 and 256/batch 8
     .venv/bin/python benchmarks/train_throughput.py --quick    # fewer batches, one repeat
-    .venv/bin/python benchmarks/train_throughput.py --logging-only
+    .venv/bin/python benchmarks/train_throughput.py --logging-only   # MLflow's cost alone
 """
 
 from __future__ import annotations
@@ -110,10 +111,14 @@ def measure(config: TrainConfig, nb_batches: int, repeats: int) -> dict:
 
 
 def logging_overhead(config: TrainConfig, epochs: int, pairs: int) -> dict:
-    """Epoch time of Trainer.fit with the per-epoch MLflow logging on and off, against a real server.
+    """Epoch time of Trainer.fit with the per-epoch MLflow logging off, on, and on with MLflow's
+    system metrics sampled every SYSTEM_METRICS_INTERVAL s (as `umx-tune train` runs), against a
+    real server.
 
-    Two readings: the on/off difference of median epoch times (noisy: the difference is small), and
-    the time the training thread spends inside the logging call itself, per epoch (direct).
+    Two readings each: the difference of median epoch times (noisy: the difference is small), and
+    the time spent in the logging itself (direct): the training thread's logging call per epoch,
+    and one sampling cycle of the system-metrics monitor as a share of its interval (the monitor
+    takes that share of the process's time, whatever the epoch length).
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import tempfile
@@ -122,6 +127,7 @@ def logging_overhead(config: TrainConfig, epochs: int, pairs: int) -> dict:
     from conftest import start_mlflow_server, stop_mlflow_server
 
     from umx_tune.pipeline import _epoch_metrics
+    from umx_tune.tracking import SYSTEM_METRICS_INTERVAL
     from umx_tune.tracking.runs import RunTracker, start_run
 
     server = start_mlflow_server(Path(tempfile.mkdtemp(prefix="umx-bench-mlflow-")))
@@ -129,16 +135,16 @@ def logging_overhead(config: TrainConfig, epochs: int, pairs: int) -> dict:
     mlflow.set_tracking_uri(server.uri)
     try:
         data = open_dataset(config)
-        seconds: dict[str, list[float]] = {"off": [], "on": []}
+        seconds: dict[str, list[float]] = {"off": [], "on": [], "system": []}
         call_seconds: list[float] = []
-        for mode in ("off", "on") * pairs:
+        for mode in ("off", "on", "system") * pairs:
             trainer = Trainer(
                 config.replace(epochs=epochs), data, torch.device("cpu"), Path(tempfile.mkdtemp()), False
             )
             if mode == "off":
                 result = trainer.fit()
             else:
-                with start_run(experiment="bench-logging") as tracker:
+                with start_run(experiment="bench-logging", system_metrics=mode == "system") as tracker:
 
                     def log(epoch: EpochResult, tracker: RunTracker = tracker) -> None:
                         start = time.perf_counter()
@@ -147,25 +153,52 @@ def logging_overhead(config: TrainConfig, epochs: int, pairs: int) -> dict:
 
                     result = trainer.fit(log)
             seconds[mode].extend(result.state.epoch_seconds)
+        with start_run(experiment="bench-logging") as tracker:
+            cycle = system_metrics_cycle(tracker.run_id)
     finally:
         stop_mlflow_server(server)
-    off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
+    off, on, system = (statistics.median(seconds[mode]) for mode in ("off", "on", "system"))
     call = statistics.median(call_seconds)
     return {
         "epochs_per_mode": len(seconds["on"]),
         "epoch_seconds_off": off,
         "epoch_seconds_on": on,
+        "epoch_seconds_system_metrics": system,
         "overhead_pct": round(100 * (on - off) / off, 2),
         "logging_call_seconds": call,
         "logging_call_pct_of_epoch": round(100 * call / on, 3),
+        "system_metrics_overhead_pct": round(100 * (system - on) / on, 2),
+        "system_metrics_interval_s": SYSTEM_METRICS_INTERVAL,
+        "system_metrics_cycle_seconds": cycle,
+        "system_metrics_pct_of_epoch": round(100 * cycle / SYSTEM_METRICS_INTERVAL, 3),
     }
+
+
+def system_metrics_cycle(run_id: str, cycles: int = 20) -> float:
+    """Median seconds of one cycle of MLflow's system-metrics monitor, run in this thread: sample
+    every monitor, read the run's status (as the monitor does after each sample), log the sample
+    and send it at once (the worst case: MLflow batches samples when sending is slow)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    from mlflow.tracking import MlflowClient
+
+    monitor = SystemMetricsMonitor(run_id)
+    client = MlflowClient()
+    times = []
+    for _ in range(cycles):
+        start = time.perf_counter()
+        monitor.collect_metrics()
+        client.get_run(run_id)
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batches, one repeat")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--logging-only", action="store_true", help="only the MLflow logging overhead")
+    parser.add_argument("--logging-only", action="store_true", help="only MLflow's cost")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     nb_batches, repeats = (2, 1) if args.quick else (4, 3)

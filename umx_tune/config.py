@@ -31,7 +31,8 @@ MODEL_SHAPING = ("target", "hidden_size", "unidirectional", "bandwidth", "nfft",
 # Parameters that do not change results (the loss curve is the same for any worker count), left
 # out of the run signature so that runs differing only in them are recognised as duplicates.
 # The listening excerpt (listen_*, audio) is logged after evaluation and changes no score either.
-RESULT_NEUTRAL = ("nb_workers", "listen_track", "listen_seconds", "audio")
+# Nor does sampling the machine (system_metrics).
+RESULT_NEUTRAL = ("nb_workers", "listen_track", "listen_seconds", "audio", "system_metrics")
 
 
 def _param(
@@ -91,6 +92,8 @@ class TrainConfig:
         15.0, "seconds of the excerpt (from the track's start)", low=0.0, low_open=True
     )
     audio: bool = _param(True, "log the listening excerpt and its spectrograms (--no-audio: skip)")
+    # what a run cost (umx_tune/tracking/system.py): CPU, memory, disk, network, GPU every 10 s
+    system_metrics: bool = _param(True, "log MLflow's system metrics (--no-system-metrics: none)")
 
     def __post_init__(self) -> None:
         for f in fields(self):

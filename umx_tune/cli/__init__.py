@@ -27,6 +27,7 @@ COMMANDS = {
     "report": "umx_tune.cli.report:report",
     "compare": "umx_tune.cli.compare:compare",
     "deploy": "umx_tune.cli.deploy:deploy",
+    "dashboard": "umx_tune.cli.dashboard:dashboard",
 }
 
 

@@ -19,6 +19,7 @@ from umx_tune.config import TrainConfig
     only=(
         *("target", "root", "is_wav", "synth_tracks", "synth_duration", "synth_seed", "evaluator", "device"),
         *("listen_track", "listen_seconds", "audio"),
+        "system_metrics",
     )
 )
 @EXPERIMENT
@@ -63,7 +64,8 @@ def evaluate(
     data = open_dataset(config, progress=not quiet)
     # of the model's own target; an unknown listen_track fails before the run starts
     excerpt = listen.choose(data.test, config.replace(target=target))
-    with start_run(experiment=experiment, run_name=run_name or f"evaluate {source}") as tracker:
+    name = run_name or f"evaluate {source}"
+    with start_run(experiment=experiment, run_name=name, system_metrics=config.system_metrics) as tracker:
         tracker.set_tags({tracking.TAG_EVALUATED_MODEL: source, tracking.TAG_KIND: tracking.KIND_EVALUATION})
         tracker.log_dataset(data.root, data.digest(), name=data.root.name)
         # scored as the model separates: its own target and Wiener iterations

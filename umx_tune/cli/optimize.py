@@ -96,7 +96,9 @@ def _names(registry: dict[str, Any]) -> str:
 @click.option("--register-best", type=TEXT, metavar="NAME", help="register the best trial's model as NAME")
 @click.option("--experiment", type=TEXT, help="MLflow experiment [default: umx-tune]")
 @checkpoint_dir_option("per-trial checkpoints (one folder per run id)")
-@click.option("--quiet", is_flag=True, help="no per-epoch progress output")
+@click.option(
+    "--quiet", is_flag=True, help="print the final summary only (no per-trial or per-epoch progress)"
+)
 @click.option(
     "--backend",
     type=click.Choice(["local", "spark"]),

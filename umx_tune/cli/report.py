@@ -83,6 +83,10 @@ def report(
     protocol = runs.check_protocols(result.rows, allow_mixed_protocols)
     pair = None if no_plots else page.choose_pair(result, baseline)  # a bad baseline: before any output
     click.echo(tables.render(result, fmt, protocol), nl=False)
+    if fmt == "markdown" and result.parent_run_id:  # csv and json stay one table each
+        from umx_tune.report.importances import markdown as importances_markdown
+
+        click.echo(importances_markdown(result.parent_run_id), nl=False)
     artifacts = [] if no_plots else _plots(result, out, protocol, pair)
     if result.study and result.parent_run_id:
         note.set_note(result, artifacts)

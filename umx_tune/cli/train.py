@@ -43,7 +43,9 @@ def train(
     if resume_run:
         config = resume_config(resume_run, checkpoint_dir, given)
     assert config is not None
-    with start_run(experiment=experiment, run_name=run_name, run_id=resume_run) as tracker:
+    with start_run(
+        experiment=experiment, run_name=run_name, run_id=resume_run, system_metrics=config.system_metrics
+    ) as tracker:
         result = run_experiment(
             config, tracker, resume=bool(resume_run), checkpoint_root=checkpoint_dir, progress=not quiet
         )

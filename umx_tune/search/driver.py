@@ -16,6 +16,7 @@ from umx_tune.search import choices, confirm, mirror, storage, worker
 from umx_tune.search.settings import Request
 from umx_tune.search.setup import StudyContext, open_study
 from umx_tune.search.trial import TrialOptions
+from umx_tune.tracking.client import hide_run_links
 from umx_tune.tracking.server import check_server, tracking_uri
 
 
@@ -56,6 +57,8 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     check_server()  # fail fast, before any storage or study is made
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # umx-tune reports trials itself
+    if not options.progress:
+        hide_run_links()  # --quiet: the summary alone
     url = options.storage_url or storage.default_url(tracking_uri())
     heartbeat = storage.HeartbeatSettings.every(options.heartbeat_interval)
     raw = storage.open_storage(url, heartbeat, worker.on_stale_trial)
@@ -94,7 +97,8 @@ def _confirm(
         return
     numbers = confirm.enqueue(ctx.settings, study, ctx.objective)
     seeds = ctx.settings.replicates
-    print(f"{ctx.settings.name}: confirming trials {numbers} with {seeds} seeds each", file=sys.stderr)
+    if options.progress:
+        print(f"{ctx.settings.name}: confirming trials {numbers} with {seeds} seeds each", file=sys.stderr)
     more = worker.run_worker(ctx, study, options, deadline, poll=poll)
     report.ran.update(more.ran)
     report.stopped_by = more.stopped_by

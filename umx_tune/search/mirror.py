@@ -23,6 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 from umx_tune import tracking
 from umx_tune.errors import TrackingError
 from umx_tune.search.confirm import Confirmed
+from umx_tune.search.importance import param_importances
+from umx_tune.search.importance import to_csv as importances_csv
 from umx_tune.search.objectives import Objective
 from umx_tune.search.settings import StudySettings
 from umx_tune.search.study_plots import write_study_plots
@@ -129,9 +131,10 @@ def mark_lost(trial: FrozenTrial, reason: str) -> None:
 
 
 def finalize(parent_run_id: str, study: optuna.Study, objective: Objective, state: str) -> FrozenTrial | None:
-    """Best trial, counts and plots on the parent run; returns the best trial (None if none)."""
+    """Best trial, counts, plots and parameter importances on the parent run; returns the best
+    trial (None if none)."""
     client = Client()
-    best = _best_trial(study, objective)
+    best = best_trial(study, objective)
     tags = {tracking.TAG_STUDY_STATE: state}
     metrics: dict[str, float] = {}
     for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
@@ -142,10 +145,13 @@ def finalize(parent_run_id: str, study: optuna.Study, objective: Objective, stat
         tags.update({tracking.TAG_BEST_PARAM_PREFIX + k: str(v) for k, v in best.params.items()})
         metrics[tracking.BEST_VALUE] = best.values[0]
     client.log(parent_run_id, tags=tags, metrics=metrics)
+    importances = param_importances(study)
     with artifact_tempdir() as tmp:
-        for png in write_study_plots(study, Path(tmp)):
+        for png in write_study_plots(study, Path(tmp), importances):
             client.log_artifact(parent_run_id, png, tracking.PLOTS_ARTIFACT_DIR)
     client.log_text(parent_run_id, _trials_table(study), tracking.STUDY_TRIALS_ARTIFACT)
+    if importances:
+        client.log_text(parent_run_id, importances_csv(importances), tracking.STUDY_IMPORTANCES_ARTIFACT)
     if best is not None:
         summary = {"number": best.number, "values": best.values, "params": best.params, **best.user_attrs}
         client.log_text(parent_run_id, json.dumps(summary, indent=2), tracking.STUDY_BEST_ARTIFACT)
@@ -209,7 +215,8 @@ def register_best(parent_run_id: str, best: FrozenTrial, name: str) -> str:
     return label
 
 
-def _best_trial(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
+def best_trial(study: optuna.Study, objective: Objective) -> FrozenTrial | None:
+    """The complete trial with the best first value (None if none is complete)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return None

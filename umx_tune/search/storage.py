@@ -34,6 +34,7 @@ from umx_tune.errors import ConfigError, first_line
 from umx_tune.paths import cache_root
 
 STORAGE_ENV = "UMX_TUNE_STORAGE"
+_SQLITE_ENGINE = {"connect_args": {"timeout": 60}}  # seconds a connection waits for another's lock
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
@@ -81,20 +82,45 @@ def masked(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat: HeartbeatSettings, on_stale: StaleCallback) -> BaseStorage:
-    """An RDBStorage with heartbeats (or a gRPC proxy client for grpc://host:port)."""
+    """A worker's storage: an RDBStorage with heartbeats (or a gRPC proxy client for grpc://host:port)."""
     if url.startswith("grpc://"):
-        return _grpc(url)
+        return _grpc(url, worker=True)
     kwargs: dict[str, Any] = {
         "heartbeat_interval": heartbeat.interval,
         "grace_period": heartbeat.grace,
         "heartbeat_stale_trial_callback": on_stale,
     }
+    if url.startswith("sqlite:///"):
+        return _opened(url, lambda: _sqlite(url, kwargs))
+    return _opened(url, lambda: _server_rdb(url, kwargs))
+
+
+def open_reader(url: str) -> BaseStorage:
+    """The storage of studies that already exist, for reading them (the dashboard).
+
+    A sqlite file that does not exist is a ConfigError, not a new empty storage. No heartbeats,
+    and sqlite's own locking: a reader's transactions need not take the write lock that workers'
+    claims take (_serialize_transactions).
+    """
+    if url.startswith("grpc://"):
+        return _grpc(url, worker=False)
+    if not url.startswith("sqlite:///"):
+        return _opened(url, lambda: RDBStorage(url))
+    path = Path(url[len("sqlite:///") :])
+    if not path.is_file():
+        raise ConfigError(
+            f"no Optuna storage at {path}: no study has run with this tracking setup "
+            f"(`umx-tune optimize` creates it); pass --storage URL or set {STORAGE_ENV}"
+        )
+    return _opened(url, lambda: RDBStorage(url, engine_kwargs=_SQLITE_ENGINE))
+
+
+def _opened(url: str, open_it: Callable[[], BaseStorage]) -> BaseStorage:
+    """open_it(), with Optuna's and SQLAlchemy's refusals as one-line ConfigErrors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval
-            if url.startswith("sqlite:///"):
-                return _sqlite(url, kwargs)
-            return _server_rdb(url, kwargs)
+            return open_it()
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
         raise ConfigError(f"cannot open Optuna storage {masked(url)}: {first_line(err)}") from None
     except Exception as err:  # sqlalchemy's errors for unreachable databases
@@ -134,10 +160,9 @@ def _sqlite(url: str, kwargs: dict[str, Any]) -> RDBStorage:
     """
     path = Path(url[len("sqlite:///") :])
     path.parent.mkdir(parents=True, exist_ok=True)
-    engine_kwargs = {"connect_args": {"timeout": 60}}
     # table creation is not safe to race either: the first opener creates, others wait
     with _file_lock(path.with_name(path.name + ".lock")):
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        storage = RDBStorage(url, engine_kwargs=_SQLITE_ENGINE, **kwargs)
     _serialize_transactions(storage.engine)
     return storage
 
@@ -166,7 +191,7 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _grpc(url: str) -> BaseStorage:
+def _grpc(url: str, worker: bool) -> BaseStorage:
     parsed = urllib.parse.urlparse(url)
     if not parsed.hostname or not parsed.port:
         raise ConfigError(f"storage {url!r}: expected grpc://host:port")
@@ -176,10 +201,10 @@ def _grpc(url: str) -> BaseStorage:
         storage = GrpcStorageProxy(host=parsed.hostname, port=parsed.port)
     except ImportError as err:
         raise ConfigError(f"storage {url}: the gRPC proxy client needs grpcio ({err})") from None
-    # Optuna's proxy does not pass heartbeats through: a killed worker's trial stays RUNNING
-    print(
-        "umx-tune: warning: Optuna's gRPC storage proxy has no heartbeats; a killed worker's trial "
-        "is not failed automatically",
-        file=sys.stderr,
-    )
+    if worker:  # Optuna's proxy does not pass heartbeats through: a killed worker's trial stays RUNNING
+        print(
+            "umx-tune: warning: Optuna's gRPC storage proxy has no heartbeats; a killed worker's "
+            "trial is not failed automatically",
+            file=sys.stderr,
+        )
     return storage

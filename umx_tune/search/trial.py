@@ -6,7 +6,6 @@ TrainConfig, and `run_experiment` takes it from there, exactly as `umx-tune trai
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ class Pruned(optuna.TrialPruned):
 @dataclass(frozen=True)
 class TrialOptions:
     checkpoint_root: Path
-    progress: bool
+    progress: bool  # per-trial and per-epoch progress lines (--quiet: none)
 
 
 def run_name(ctx: StudyContext, trial: optuna.Trial) -> str:
@@ -77,6 +76,7 @@ def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> 
         parent_run_id=ctx.parent_run_id,
         tags=tags,
         killed_on=(optuna.TrialPruned,),
+        system_metrics=ctx.settings.base.system_metrics,  # the worker's own choice (PER_WORKER)
     ) as tracker:
         # first thing: the run id, so that whoever finds this trial's worker dead can fail its run
         trial.set_user_attr(mirror.RUN_ID_ATTR, tracker.run_id)
@@ -108,7 +108,6 @@ def _reporter(trial: optuna.Trial, tracker: RunTracker, objective: Objective) ->
         tracker.log_metrics({tracking.TRIAL_INTERMEDIATE: value}, step=epoch.epoch)
         if trial.should_prune():
             tracker.set_tags({tracking.TAG_PRUNED_EPOCH: epoch.epoch})
-            print(f"trial {trial.number}: pruned at epoch {epoch.epoch}", file=sys.stderr)
-            raise Pruned(epoch.epoch)
+            raise Pruned(epoch.epoch)  # the trial's progress line says so
 
     return on_epoch

@@ -25,12 +25,12 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from umx_tune.errors import UmxTuneError, first_line
-from umx_tune.search import mirror
+from umx_tune.search import mirror, progress
 from umx_tune.search.confirm import CONFIRMS_ATTR
 from umx_tune.search.plans import GRID_ENTRY_ATTR
 from umx_tune.search.settings import REPLICATE_ATTR
 from umx_tune.search.setup import StudyContext
-from umx_tune.search.trial import Pruned, TrialOptions, label, run_trial
+from umx_tune.search.trial import Pruned, TrialOptions, run_trial
 
 REASON_ATTR = "fail_reason"
 PRUNED_EPOCH_ATTR = "pruned_epoch"
@@ -85,9 +85,13 @@ def claim(ctx: StudyContext, study: optuna.Study) -> optuna.Trial | None:
 
 
 def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, options: TrialOptions) -> str:
-    """Run a claimed trial under a heartbeat; tell Optuna its outcome; mirror it. Returns the state."""
-    name = label(trial)
-    print(f"{ctx.settings.name}: {name} (trial {trial.number}) starts", file=sys.stderr)
+    """Run a claimed trial under a heartbeat; tell Optuna its outcome; mirror it. Returns the state.
+
+    With options.progress, a line when it starts, and when it ends the trial's line and the
+    study's (search/progress.py).
+    """
+    if options.progress:
+        print(f"{ctx.settings.name}: {progress.named(trial)} starts", file=sys.stderr)
     reason: str | None = None
     attrs: dict[str, object] = {}
     try:
@@ -105,9 +109,11 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
         state, told, reason = TrialState.FAIL, None, f"{type(err).__name__}: {first_line(err)}"
         if not isinstance(err, UmxTuneError):  # not a user error: the traceback helps find the bug
             traceback.print_exc(file=sys.stderr)
-    final = _finish(ctx, study, trial, state, told, reason, attrs)
-    print(f"{ctx.settings.name}: {name} (trial {trial.number}) {final}", file=sys.stderr)
-    return final
+    frozen, reason = _finish(ctx, study, trial, state, told, reason, attrs)
+    if options.progress:
+        print(progress.trial_line(ctx, frozen, reason), file=sys.stderr)
+        print(progress.study_line(ctx, study), file=sys.stderr)
+    return frozen.state.name
 
 
 def _finish(
@@ -118,8 +124,10 @@ def _finish(
     values: list[float] | None,
     reason: str | None,
     attrs: dict[str, object],
-) -> str:
-    """Tell Optuna (the record of truth), then mirror the outcome on the trial's run."""
+) -> tuple[FrozenTrial, str | None]:
+    """Tell Optuna (the record of truth), then mirror the outcome on the trial's run.
+
+    Returns the finished trial and the reason it has no value (None when it has one)."""
     try:
         for key, value in {**attrs, **({REASON_ATTR: reason} if reason else {})}.items():
             trial.set_user_attr(key, value)
@@ -135,7 +143,7 @@ def _finish(
     run_id = frozen.user_attrs.get(mirror.RUN_ID_ATTR)
     if run_id:
         mirror.record_trial_end(run_id, frozen, reason)
-    return frozen.state.name
+    return frozen, reason
 
 
 def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:

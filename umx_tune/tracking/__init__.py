@@ -5,6 +5,7 @@ metrics, params, tags and artifact paths (it imports no MLflow, so anything may 
     retry    the one retry policy for MLflow calls (all of them safe to repeat)
     client   every MLflow call umx-tune makes, retried, its refusals one-line TrackingErrors
     runs     a run: start, log, end (RunTracker, bound to its run id)
+    system   MLflow's system metrics (CPU, memory, disk, network, GPU) sampled while a run is open
     models   models: load, find their run
 
 Searches quote their values with `filter_literal`, the one writer of MLflow filter literals.
@@ -31,6 +32,9 @@ EPOCHS_TRAINED = "epochs_trained"
 TRAIN_SECONDS = "train_seconds"
 TRAIN_SAMPLES_PER_SECOND = "train_samples_per_second"
 EVAL_SECONDS = "eval_seconds"
+# MLflow's system metrics (tracking.system): 'system/cpu_utilization_percentage', … every interval
+SYSTEM_METRICS_PREFIX = "system/"
+SYSTEM_METRICS_INTERVAL = 10  # seconds between samples (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides)
 # real-time probe: processing time / audio duration, offline and streamed (causal models only)
 REALTIME_FACTOR = "rtf"
 REALTIME_FACTOR_STREAMING = "rtf_streaming"
@@ -92,6 +96,10 @@ STUDY_TRIALS_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/trials.csv"  # Optuna's trials ta
 STUDY_BEST_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/best.json"
 STUDY_PARETO_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/pareto_front.json"
 STUDY_CONFIRMED_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/confirmed.json"  # --confirm-best: means over seeds
+# the parent's parameter importances (search/importance.py): a table (param, one column per
+# evaluator) and its bar chart; the chart is written beside the study's other plots
+STUDY_IMPORTANCES_ARTIFACT = f"{STUDY_ARTIFACT_DIR}/importances.csv"
+IMPORTANCES_PLOT = "param_importances.png"
 # MLflow's run statuses
 STATUS_RUNNING = "RUNNING"
 STATUS_FINISHED = "FINISHED"

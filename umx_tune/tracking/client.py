@@ -8,6 +8,9 @@ entities (tags, params, metrics, datasets) are built here.
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +40,12 @@ def _refused(doing: str, err: Exception) -> TrackingError:
         credentials = "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
         text = f"the server rejected the credentials ({credentials}): {text}"
     return TrackingError(f"MLflow refused {doing}: {text}")
+
+
+def hide_run_links() -> None:
+    """Stop MLflow printing '🏃 View run … at: <url>' on stdout whenever a run on a server ends
+    (for output kept to a command's own summary, as `optimize --quiet` keeps it)."""
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 
 def _now_ms() -> int:
@@ -185,6 +194,18 @@ class Client:
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         doing = f"to store {artifact_file} in run {run_id}"
         self._call(doing, self._mlflow.log_text, run_id, text, artifact_file)
+
+    def read_text(self, run_id: str, artifact_file: str) -> str | None:
+        """A text artifact of the run (as log_text stored it), or None where the run has none."""
+        from umx_tune.tracking.artifacts import download_artifact
+
+        folder = posixpath.dirname(artifact_file) or None
+        doing = f"to list the artifacts of run {run_id}"
+        listed = self._call(doing, self._mlflow.list_artifacts, run_id, folder)
+        if artifact_file not in {entry.path for entry in listed}:
+            return None
+        with tempfile.TemporaryDirectory(prefix="umx-tune-") as tmp:
+            return download_artifact(run_id, artifact_file, Path(tmp)).read_text()
 
     # searches
     def search_runs(self, experiment_ids: Sequence[str], filter_string: str = "") -> list[Run]:

@@ -38,6 +38,7 @@ from umx_tune.tracking import (
 )
 from umx_tune.tracking.client import Client, Run
 from umx_tune.tracking.server import check_server
+from umx_tune.tracking.system import system_metrics as monitor_system
 
 if TYPE_CHECKING:
     from umx_tune.separation.speed import Measurement
@@ -169,12 +170,14 @@ def start_run(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     killed_on: tuple[type[BaseException], ...] = (),
+    system_metrics: bool = False,
 ) -> Iterator[RunTracker]:
     """Start (or, with run_id, reopen) a run; it ends FINISHED, FAILED on error, KILLED on Ctrl-C.
 
     A parent_run_id nests the new run under it. Exceptions in killed_on also end it KILLED, their
     message as the error tag (a pruned trial). Inside `mlflow run` (MLFLOW_RUN_ID set) the
-    project's run is used.
+    project's run is used. With system_metrics, MLflow's system metrics are sampled into the run
+    while it is open (tracking.system).
     """
     check_server()
     client = Client()
@@ -182,7 +185,8 @@ def start_run(
     tags = {**(tags or {}), **({TAG_PARENT_RUN: parent_run_id} if parent_run_id else {})}
     tracker = RunTracker(client, _open_run(client, experiment, run_name, run_id, tags))
     try:
-        yield tracker
+        with monitor_system(tracker.run_id, enabled=system_metrics, resume=run_id is not None):
+            yield tracker
     except KeyboardInterrupt:
         tracker.end(STATUS_KILLED, "interrupted")
         raise
