@@ -129,17 +129,18 @@ def _why_not(configs: Sequence[Config], factor: str) -> str:
     )
 
 
+def _signed(metric: str, value: float) -> str:
+    """A difference as text: signed h:mm:ss for training time, else 3 significant digits."""
+    if metric == TRAIN_SECONDS:
+        return ("-" if value < 0 else "+") + hms(abs(value))
+    return f"{value:+.3g}"
+
+
 def _text(e: Effect) -> str:
-    spec = ".0f" if e.metric == TRAIN_SECONDS else ".3g"
-    estimate = e.difference.estimate
-    if e.metric == TRAIN_SECONDS:
-        sign = "-" if estimate < 0 else "+"
-        value = f"{sign}{hms(abs(estimate))}"
-    else:
-        value = f"{estimate:+{spec}}"
-    if not e.difference.defined:
+    value = _signed(e.metric, e.difference.estimate)
+    if e.difference.low is None or e.difference.high is None:
         return f"{e.metric} {value} (no interval: one value each)"
-    interval = f"[{e.difference.low:+{spec}}, {e.difference.high:+{spec}}]"
+    interval = f"[{_signed(e.metric, e.difference.low)}, {_signed(e.metric, e.difference.high)}]"
     verdict = "significant" if e.significant else "within noise"
     return f"{e.metric} {value} {interval} over {e.difference.n} {e.difference.unit}, {verdict}"
 
