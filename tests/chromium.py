@@ -4,6 +4,7 @@ tests that check what the MLflow UI shows; and the MLflow UI's artifact browser,
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +58,19 @@ def open_artifact(page: Any, tracking_uri: str, experiment_id: str, run_id: str,
     if assistant.is_visible():
         assistant.click()
     page.get_by_text(name, exact=True).first.click()
+
+
+def html_artifact_frame(page: Any, timeout: float = 60.0) -> Any:
+    """The frame the artifact viewer renders an HTML artifact in (a blob: URL inside its sandboxed
+    iframe), once it exists: the iframe element appears before its document is loaded."""
+    page.locator("iframe.mlflow-html-iframe").wait_for(timeout=timeout * 1000)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            if frame.url.startswith("blob:"):
+                return frame
+        page.wait_for_timeout(200)
+    raise AssertionError(f"no HTML artifact frame within {timeout:g} s")
 
 
 def keep_screenshot(page: Any, path: Path, tmp_path: Path) -> bytes:

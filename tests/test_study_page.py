@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 import pytest
 import soundfile as sf
-from chromium import chromium_page, keep_screenshot, open_artifact
+from chromium import chromium_page, html_artifact_frame, keep_screenshot, open_artifact
 from conftest import REPO, TINY, MlflowServer, assert_one_line_error, run_main
 from mlflow.tracking import MlflowClient
 from study_runs import write_study
@@ -216,8 +216,7 @@ def test_page_plays_inside_the_mlflow_ui(
     experiment_id = study.client.get_run(study.parent_id).info.experiment_id
     with chromium_page(tmp_path_factory.mktemp("chromium-profile")) as page:
         open_artifact(page, tracking_uri, experiment_id, study.parent_id, tracking.STUDY_PAGE_ARTIFACT)
-        page.locator("iframe.mlflow-html-iframe").wait_for()
-        frame = next(f for f in page.frames if f.url.startswith("blob:"))
+        frame = html_artifact_frame(page)
         frame.locator("audio").first.wait_for(state="attached")
         durations = frame.evaluate(
             """() => Promise.all([...document.querySelectorAll('audio')].map(audio => new Promise(resolve => {
