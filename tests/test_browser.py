@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chromium import chromium_page
 from conftest import REPO, MlflowServer, run_main
 from mlflow.tracking import MlflowClient
 from study_runs import write_study
@@ -23,22 +24,9 @@ from umx_tune.report import runs as report_runs
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
-# What this machine needs: no sandbox (containers), no GPU, and nothing that phones home.
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 STUDY = "grid-ui"
 EXPERIMENT = "browser-tests"
 SCREENSHOT = REPO / "docs" / "images" / "mlflow-study.png"
-# The React app builds its table lazily; on two busy cores the first paint can take a while.
-LOAD_MS = 120_000
 PARAM_COLUMNS = ("batch_size", "hidden_size", "epochs")
 METRIC_COLUMNS = (tracking.TRAIN_LOSS, *tracking.SEPARATION_METRICS)
 HIDDEN_COLUMNS = ("Dataset", "Source", "Models")
@@ -47,21 +35,8 @@ HIDDEN_COLUMNS = ("Dataset", "Source", "Models")
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A page in headless Chromium with an empty profile (playwright drives Debian's binary)."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} missing: run `bash scripts/setup.sh test` (installs Debian's chromium)")
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile),  # an empty --user-data-dir
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1400, "height": 720},
-        )
-        context.set_default_timeout(LOAD_MS)
-        yield context.new_page()
-        context.close()
+    with chromium_page(tmp_path_factory.mktemp("chromium-profile"), height=720) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
