@@ -7,7 +7,7 @@ from pathlib import Path
 from umx_tune import tracking
 from umx_tune.report.runs import Report
 from umx_tune.report.tables import configs, target_label
-from umx_tune.report.uncertainty import TRAIN_SECONDS, Config
+from umx_tune.report.uncertainty import Config
 
 PLOTS_ARTIFACT_PATH = tracking.REPORT_ARTIFACT_DIR
 
@@ -42,7 +42,8 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
         and (loss := c.row.metric(tracking.VALID_LOSS)) is not None
     }
     if timed:
-        spans = {c.name: _bounds(c, {"seconds": TRAIN_SECONDS, "loss": tracking.VALID_LOSS}) for c in shown}
+        names = {"seconds": tracking.TRAIN_SECONDS, "loss": tracking.VALID_LOSS}
+        spans = {c.name: _bounds(c, names) for c in shown}
         written.append(
             plots.loss_vs_time_png(
                 timed, folder / "loss_vs_time.png", f"{title}: final loss against training time", spans

@@ -16,7 +16,7 @@ from umx_tune.config import RESULT_NEUTRAL
 from umx_tune.evaluation import statistics
 from umx_tune.evaluation.statistics import Interval
 from umx_tune.report.tables import hms
-from umx_tune.report.uncertainty import SUMMARISED, TRAIN_SECONDS, Config, samples
+from umx_tune.report.uncertainty import SUMMARISED, Config, samples
 
 # parameters two configs may differ in and still count as "the same config but for the factor"
 IGNORED = ("seed", *RESULT_NEUTRAL)
@@ -31,7 +31,7 @@ QUESTIONS = {
     "How much does longer training (more epochs) buy, against its time?": ("epochs",),
 }
 # what each comparison reports, in order
-EFFECTS = (tracking.VALID_LOSS, TRAIN_SECONDS, "SDR")
+EFFECTS = (tracking.VALID_LOSS, tracking.TRAIN_SECONDS, "SDR")
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def _why_not(configs: Sequence[Config], factor: str) -> str:
 
 def _signed(metric: str, value: float) -> str:
     """A difference as text: signed h:mm:ss for training time, else 3 significant digits."""
-    if metric == TRAIN_SECONDS:
+    if metric == tracking.TRAIN_SECONDS:
         return ("-" if value < 0 else "+") + hms(abs(value))
     return f"{value:+.3g}"
 
@@ -148,7 +148,7 @@ def _text(e: Effect) -> str:
 def _per_hour(c: Comparison) -> str:
     """Epochs: what the extra training bought per hour of it, in SDR and validation loss."""
     by = {e.metric: e.difference.estimate for e in c.effects}
-    hours = by.get(TRAIN_SECONDS, 0.0) / 3600
+    hours = by.get(tracking.TRAIN_SECONDS, 0.0) / 3600
     if hours <= 0 or "SDR" not in by or tracking.VALID_LOSS not in by:
         return ""
     sdr, loss = by["SDR"] / hours, by[tracking.VALID_LOSS] / hours

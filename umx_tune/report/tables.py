@@ -87,7 +87,7 @@ TRAINING_COLUMNS: tuple[Column, ...] = (
         metric=tracking.VALID_LOSS,
     ),
     Column(
-        "train_seconds", "training time", lambda row: row.train_seconds, hms, metric=uncertainty.TRAIN_SECONDS
+        "train_seconds", "training time", lambda row: row.train_seconds, hms, metric=tracking.TRAIN_SECONDS
     ),
     Column("state", "state", lambda row: row.state, left=True),
 )

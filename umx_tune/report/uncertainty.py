@@ -22,11 +22,10 @@ if TYPE_CHECKING:  # no MLflow import: the tables (and `report --help`) use this
     from umx_tune.report.runs import RunRow
 
 # the value of each summarised metric a run holds, and whether higher is better
-TRAIN_SECONDS = "train_seconds"
 SUMMARISED: dict[str, bool] = {
     tracking.TRAIN_LOSS: False,
     tracking.VALID_LOSS: False,
-    TRAIN_SECONDS: False,
+    tracking.TRAIN_SECONDS: False,
     **{metric: True for metric in tracking.SEPARATION_METRICS},
 }
 # what each table ranks its configs by
@@ -52,7 +51,7 @@ class Config:
 
 def value(row: RunRow, metric: str) -> float | None:
     """A run's value of a summarised metric (its training time included)."""
-    return row.train_seconds if metric == TRAIN_SECONDS else row.metric(metric)
+    return row.train_seconds if metric == tracking.TRAIN_SECONDS else row.metric(metric)
 
 
 def _config_key(row: RunRow) -> str:
