@@ -98,8 +98,9 @@ def test_run_logs_the_excerpt_the_evaluation_separated(
         np.testing.assert_allclose(logged, track.read(stem)[:, :frames].T, atol=QUANTUM)
     # the estimates are the logged model's separation of the whole track, cut
     from umx_tune.separation.offline import separate
+    from umx_tune.tracking.models import load_separator
 
-    separator = mlflow.pytorch.load_model(tracking.run_model_uri(listened_run))
+    separator = load_separator(listened_run, torch_cpu())
     estimates = separate(separator, track.read("mixture"), torch_cpu())
     for name, part in (("vocals", "vocals"), ("residual", "accompaniment")):
         expected = np.clip(estimates[name][:frames], -1, 1)

@@ -41,15 +41,20 @@ def test_parent_and_nested_child_open_at_once_each_get_their_own_logs(tracking_u
 def test_a_model_is_logged_into_its_runs_experiment_without_an_active_run(tracking_uri: str) -> None:
     import torch
 
+    from umx_tune.config import TrainConfig
+    from umx_tune.separation.model import build_separator, build_unmix
+    from umx_tune.tracking.models import load_separator
+
+    config = TrainConfig.from_dict({"hidden_size": 4, "nfft": 64, "nhop": 16})
     with start_run(experiment="test-runs-model") as run:
-        uri = run.log_model(torch.nn.Linear(2, 1))
+        uri = run.log_model(build_separator(config, build_unmix(config)), {})
     info = mlflow.models.get_model_info(uri)
     client = MlflowClient(tracking_uri)
     experiment_id = client.get_run(run.run_id).info.experiment_id
     assert info.run_id == run.run_id
     assert client.get_logged_model(info.model_id).experiment_id == experiment_id  # not the default one
-    loaded = mlflow.pytorch.load_model(uri)
-    assert isinstance(loaded, torch.nn.Linear) and loaded.in_features == 2
+    loaded = load_separator(uri, torch.device("cpu"))
+    assert loaded.target_models["vocals"].hidden_size == 4
     assert [r.info.run_id for r in client.search_runs([experiment_id])] == [run.run_id]
 
 

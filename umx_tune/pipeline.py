@@ -85,7 +85,7 @@ def run_experiment(
     measurement = speed.probe(separator, data.test, device)
     tracker.log_realtime(measurement)
     tracker.log_artifact(trainer.checkpoint_path, tracking.CHECKPOINT_ARTIFACT_DIR)
-    model_uri = tracker.log_model(separator.cpu())
+    model_uri = tracker.log_model(separator.cpu(), {config.target: config.to_params()})
     return ExperimentResult(tracker.run_id, config, training.state, evaluation, model_uri, measurement)
 
 

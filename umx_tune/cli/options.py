@@ -116,3 +116,9 @@ ALLOW_MIXED_PROTOCOLS = click.option(
     is_flag=True,
     help="put runs scored by different evaluation protocols side by side anyway",
 )
+TRUST_MODEL = click.option(
+    "--trust-model",
+    is_flag=True,
+    help="load a pickled model (MLflow's pytorch flavor, as umx-tune logged before it logged Open-Unmix "
+    "folders): loading a pickle runs any code it holds, so only one you trust",
+)

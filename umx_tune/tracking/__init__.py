@@ -118,6 +118,13 @@ TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_NOTE = "mlflow.note.content"
 
 MODEL_ARTIFACT = "model"
+# a run's model: an Open-Unmix model folder (umx_tune/separation/folder.py) and MLflow's MLmodel
+# file naming this flavor; loading it runs no pickled code (tracking.models)
+MODEL_FLAVOR = "umx_tune"
+# --init-model: the model a run started from, as given (the init_model param) resolved to a URI or
+# folder, and the run that logged it (where there is one)
+TAG_INIT_MODEL = "umx_tune.init_model"
+TAG_INIT_RUN = "umx_tune.init_run"
 EVAL_ARTIFACT_DIR = "eval"  # museval's per-track JSON files
 CHECKPOINT_ARTIFACT_DIR = "checkpoint"  # the training checkpoint, for --resume elsewhere
 PLOTS_ARTIFACT_DIR = "plots"  # a run's loss curve; a study parent run's Optuna plots

@@ -7,7 +7,6 @@ entities (tags, params, metrics, datasets) are built here.
 
 from __future__ import annotations
 
-import logging
 import os
 import posixpath
 import tempfile
@@ -22,9 +21,9 @@ from mlflow.entities import Experiment, Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from umx_tune.errors import TrackingError, first_line
-from umx_tune.tracking import MODEL_ARTIFACT, filter_literal
-from umx_tune.tracking.retry import retried
+from umx_tune.errors import TrackingError, TrackingUnreachable, first_line
+from umx_tune.tracking import MODEL_ARTIFACT, MODEL_FLAVOR, filter_literal
+from umx_tune.tracking.retry import retried, unreachable
 
 __all__ = ["Client", "Experiment", "Run"]  # Experiment, Run: the entities callers read back
 
@@ -34,8 +33,11 @@ PAGE = 1000  # runs per search request
 
 
 def _refused(doing: str, err: Exception) -> TrackingError:
-    """The one-line TrackingError of a failed call (credentials named when they are the cause)."""
+    """The one-line TrackingError of a failed call (credentials named when they are the cause);
+    TrackingUnreachable where the server did not answer at all."""
     text = first_line(err)
+    if unreachable(err):
+        return TrackingUnreachable(f"MLflow did not answer {doing}: {text}")
     if "401" in text or "403" in text or "not authenticated" in text.lower():
         credentials = "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
         text = f"the server rejected the credentials ({credentials}): {text}"
@@ -46,6 +48,19 @@ def hide_run_links() -> None:
     """Stop MLflow printing '🏃 View run … at: <url>' on stdout whenever a run on a server ends
     (for output kept to a command's own summary, as `optimize --quiet` keeps it)."""
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
+class _Folder:
+    """The MLflow flavor of a model that is a folder of files (MLflow's Model.log calls save_model)."""
+
+    def __init__(self, write: Callable[[Path], None], conf: Mapping[str, object]) -> None:
+        self._write = write
+        self._conf = conf
+
+    def save_model(self, path: str, mlflow_model: Any) -> None:
+        self._write(Path(path))
+        mlflow_model.add_flavor(MODEL_FLAVOR, **self._conf)
+        mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
 def _now_ms() -> int:
@@ -126,6 +141,10 @@ class Client:
     def reopen_run(self, run_id: str, name: str | None = None) -> None:
         """Mark an ended run RUNNING again (renamed, if name is given)."""
         self._call(f"to reopen run {run_id}", self._mlflow.update_run, run_id, status="RUNNING", name=name)
+
+    def restore_run(self, run_id: str) -> None:
+        """Bring a deleted run back (MLflow keeps it until its garbage collection)."""
+        self._call(f"to restore run {run_id}", self._mlflow.restore_run, run_id)
 
     def end_run(self, run_id: str, status: str) -> None:
         """End the run with status (FINISHED, FAILED, KILLED); safe to repeat."""
@@ -235,38 +254,31 @@ class Client:
                 return items
 
     # models
-    def log_model(self, run: Run, model: Any, pip_requirements: list[str]) -> str:
-        """model in MLflow's pytorch flavor, as the run's output; returns its model URI.
+    def log_model(self, run: Run, write: Callable[[Path], None], flavor: Mapping[str, object]) -> str:
+        """The run's model, as its output: the files write(folder) puts into a folder plus the MLmodel
+        file naming MODEL_FLAVOR (with flavor's keys); returns its model URI.
 
-        The LoggedModel is made here, in the run's experiment (MLflow would put one logged
-        without an active run in the default experiment). A retry after a cut may leave the first
-        attempt's LoggedModel behind, which MLflow marks FAILED.
+        No pytorch flavor: its pickle would run any code it holds when loaded (tracking.models
+        reads the folder instead). The LoggedModel is made here, in the run's experiment (MLflow
+        would put one logged without an active run in the default experiment). A retry after a cut
+        may leave the first attempt's LoggedModel behind, which MLflow marks FAILED.
         """
-        import mlflow.pytorch
+        from mlflow.models import Model
 
         def log() -> str:
             logged = self._mlflow.create_logged_model(
                 run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run.info.run_id
             )
-            info = mlflow.pytorch.log_model(
-                model,
+            info = Model.log(
+                artifact_path=None,
+                flavor=_Folder(write, flavor),
                 name=MODEL_ARTIFACT,
                 run_id=run.info.run_id,
                 model_id=logged.model_id,
-                pip_requirements=pip_requirements,
-                # torch.export (pt2) cannot trace the STFT/LSTM separator; the weights and JSON
-                # config are also in the run's checkpoint/ artifact
-                serialization_format="pickle",
             )
             return str(info.model_uri)
 
-        pytorch_logger = logging.getLogger("mlflow.pytorch")
-        level = pytorch_logger.level
-        pytorch_logger.setLevel(logging.ERROR)  # silence the pickle advisory on every run
-        try:
-            return self._call(f"to store the model of run {run.info.run_id}", log)
-        finally:
-            pytorch_logger.setLevel(level)
+        return self._call(f"to store the model of run {run.info.run_id}", log)
 
     def register_model(self, model_uri: str, name: str, run_id: str) -> str:
         """A version of registered model `name` for the run's model, made once: a repeat (several

@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,8 @@ from umx_tune.tracking.server import check_server
 from umx_tune.tracking.system import system_metrics as monitor_system
 
 if TYPE_CHECKING:
+    from openunmix.model import Separator
+
     from umx_tune.separation.speed import Measurement
 
 
@@ -119,21 +121,20 @@ class RunTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self._client.log_text(self.run_id, text, artifact_file)
 
-    def log_model(self, model: Any) -> str:
-        """The separator in MLflow's pytorch flavor; returns its model URI.
+    def log_model(self, separator: Separator, args: Mapping[str, Mapping[str, Any]]) -> str:
+        """The separator as the run's model: its Open-Unmix folder (args: each target's training
+        options, for `<target>.json`) and the MLmodel file; returns its model URI.
 
         Metrics are flushed first: MLflow links the run's step-0 metrics (the scores) to the model.
         """
-        import openunmix
-        import torch
+        from umx_tune.separation.folder import write_model_folder
 
-        requirements = [
-            f"torch=={torch.__version__.split('+')[0]}",
-            f"openunmix=={getattr(openunmix, '__version__', '1.3.0')}",
-            "torchaudio",
-        ]
         self.flush()
-        return self._client.log_model(self._run, model, requirements)
+        return self._client.log_model(
+            self._run,
+            lambda folder: write_model_folder(separator, folder, args),
+            {"format": "openunmix-folder", "targets": list(separator.target_models)},
+        )
 
     def end(self, status: str, error: str | None) -> None:
         """Flush the metrics, record the error (if any) and end the run with status.
