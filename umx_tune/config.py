@@ -30,9 +30,11 @@ MODEL_SHAPING = ("target", "hidden_size", "unidirectional", "bandwidth", "nfft",
 
 # Parameters that do not change results (the loss curve is the same for any worker count), left
 # out of the run signature so that runs differing only in them are recognised as duplicates.
+# The torch thread count changes losses by float32 rounding only (sums in another order: about 1e-7
+# relative, tests/test_cores.py), so runs that differ in it are duplicates too.
 # The listening excerpt (listen_*, audio) is logged after evaluation and changes no score either.
 # Nor does sampling the machine (system_metrics).
-RESULT_NEUTRAL = ("nb_workers", "listen_track", "listen_seconds", "audio", "system_metrics")
+RESULT_NEUTRAL = ("nb_workers", "threads", "listen_track", "listen_seconds", "audio", "system_metrics")
 
 
 def _param(
@@ -55,7 +57,13 @@ class TrainConfig:
 
     target: str = _param("vocals", "source to separate", choices=TARGETS)
     batch_size: int = _param(16, "training batch size", low=1)
-    nb_workers: int = _param(0, "DataLoader worker processes (0 = load in the main process)", low=0)
+    nb_workers: int = _param(
+        0, "DataLoader worker processes (0 = load in the main process; capped at the run's threads)", low=0
+    )
+    # umx_tune/cores.py: several umx-tune processes on one machine share its cores
+    threads: int = _param(
+        0, "torch threads (0 = this machine's cores divided by the umx-tune processes sharing them)", low=0
+    )
     hidden_size: int = _param(512, "hidden units of the LSTM and dense layers", low=1)
     samples_per_track: int = _param(64, "random chunks drawn per training track per epoch", low=1)
     # Open-Unmix trains for 1000 epochs on a GPU; 4 epochs over the default synthetic dataset

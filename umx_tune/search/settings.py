@@ -12,7 +12,7 @@ from umx_tune.search.plans import Grid, Space, plan_from_json
 from umx_tune.tracking import DEFAULT_EXPERIMENT
 
 # parameters a worker may set for itself: they depend on its machine, not on the study
-PER_WORKER = ("device", "nb_workers", "system_metrics")
+PER_WORKER = ("device", "nb_workers", "threads", "system_metrics")
 # Optuna user attr: the replicate a grid trial runs; replicate r trains with the entry's seed + r
 REPLICATE_ATTR = "replicate"
 CONFIRM_SEEDS = 3  # seeds per config of --confirm-best when --replicates is not given

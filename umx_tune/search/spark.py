@@ -20,6 +20,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
+from umx_tune import cores
 from umx_tune.errors import ConfigError, UmxTuneError, first_line
 from umx_tune.search.settings import Request
 from umx_tune.tracking.server import check_server, tracking_uri
@@ -31,6 +32,7 @@ FORWARDED_ENV = (
     "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_TRACKING_INSECURE_TLS",
     "UMX_TUNE_CACHE",
+    cores.THREADS_ENV,
 )
 
 
@@ -63,6 +65,9 @@ def run_on_spark(request: Request, options: Any, master: str | None, workers: in
     )
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
     env["MLFLOW_TRACKING_URI"] = uri
+    if master.startswith("local") and cores.THREADS_ENV not in env:
+        # Spark's tasks cannot count each other: each gets its share of this machine's cores
+        env[cores.THREADS_ENV] = str(max(1, cores.machine_cores() // workers))
     task = _Task(request, options, env)
     try:
         results = session.sparkContext.parallelize(range(workers), workers).map(task).collect()

@@ -51,12 +51,15 @@ TAG_TORCH_VERSION = "torch.version"
 TAG_OPENUNMIX_VERSION = "openunmix.version"
 TAG_SIGNATURE = "umx_tune.signature"
 TAG_DEVICE = "umx_tune.device"
+# DataLoader workers the run used: its nb_workers, capped at its threads (umx_tune/cores.py)
+TAG_LOADER_WORKERS = "umx_tune.loader_workers"
 TAG_ERROR = "umx_tune.error"
 # a live run's heartbeat (tracking.runs.start_run beats from a thread): the unix time (seconds) of
 # its latest beat, and the seconds of silence after which a RUNNING run is lost (its process was
 # killed) and is ended FAILED by whoever finds it (tracking.runs.reap_lost_runs)
 TAG_HEARTBEAT = "umx_tune.heartbeat"
 TAG_HEARTBEAT_GRACE = "umx_tune.heartbeat_grace"
+HEARTBEAT_INTERVAL = 30  # seconds between a run's beats (train --heartbeat-interval; optimize: its own)
 # a random token a run is created with: a create whose answer was cut finds the run it made
 TAG_CREATE_TOKEN = "umx_tune.create_token"
 MAX_TAG_LENGTH = 8000  # MLflow rejects longer tag values (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)

@@ -93,8 +93,12 @@ class Trainer:
         device: torch.device,
         checkpoint_dir: Path,
         progress: bool = True,
+        *,
+        loader_workers: int | None = None,
     ) -> None:
+        """loader_workers: DataLoader worker processes [default: config.nb_workers]; result-neutral."""
         self.config = config
+        self.loader_workers = config.nb_workers if loader_workers is None else loader_workers
         self.data = data
         self.device = device
         self.checkpoint_dir = checkpoint_dir
@@ -187,7 +191,7 @@ class Trainer:
             self.train_set,
             batch_size=self.config.batch_size,
             shuffle=True,
-            num_workers=self.config.nb_workers,
+            num_workers=self.loader_workers,
             generator=generator,
             pin_memory=self.device.type == "cuda",
         )

@@ -1,0 +1,110 @@
+"""Cores shared, not fought over: each run's torch threads, DataLoader workers and scoring pool come
+from its share of the machine (umx_tune/cores.py), read back from the runs `umx-tune train` logs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import TINY, assert_one_line_error, run_main
+
+from umx_tune import cores, tracking
+
+TINY_ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+
+
+def train_run(capsys: pytest.CaptureFixture[str], *args: str) -> mlflow.entities.Run:
+    """`umx-tune train` with TINY sizes and args; the run it logged."""
+    result = run_main(capsys, "train", "--quiet", "--no-audio", "--no-system-metrics", *TINY_ARGS, *args)
+    assert result.returncode == 0, result.stderr
+    client = mlflow.MlflowClient()
+    runs = client.search_runs(
+        [client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0]
+
+
+@pytest.fixture
+def another_process(isolated_cache: Path) -> Iterator[subprocess.Popen]:
+    """A second process registered on this machine, as a second study worker would be."""
+    code = (
+        "import time\nfrom umx_tune import cores\n"
+        "with cores.registered():\n    print(flush=True)\n    time.sleep(600)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    process.stdout.readline()  # registered
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_alone_a_run_uses_every_core(tracking_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run = train_run(capsys, "--nb-workers", "64")
+    cores_here = cores.machine_cores()
+    assert run.data.params["threads"] == str(cores_here)
+    # more DataLoader workers than the run's cores are capped, and the run says so
+    assert run.data.tags[tracking.TAG_LOADER_WORKERS] == str(cores_here)
+    assert run.data.params["nb_workers"] == "64"
+
+
+def test_two_processes_share_the_cores(
+    tracking_uri: str, capsys: pytest.CaptureFixture[str], another_process: subprocess.Popen
+) -> None:
+    run = train_run(capsys, "--nb-workers", "4")
+    share = max(1, cores.machine_cores() // 2)
+    assert run.data.params["threads"] == str(share)
+    assert run.data.tags[tracking.TAG_LOADER_WORKERS] == str(min(4, share))
+
+
+def test_a_killed_process_frees_its_share(
+    tracking_uri: str, capsys: pytest.CaptureFixture[str], another_process: subprocess.Popen
+) -> None:
+    another_process.kill()  # kill -9: it never unregisters
+    another_process.wait()
+    assert another_process.pid not in cores.live_processes()
+    assert train_run(capsys).data.params["threads"] == str(cores.machine_cores())
+
+
+def test_threads_given_or_from_the_environment_win(
+    tracking_uri: str,
+    capsys: pytest.CaptureFixture[str],
+    another_process: subprocess.Popen,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert train_run(capsys, "--threads", "3").data.params["threads"] == "3"
+    monkeypatch.setenv(cores.THREADS_ENV, "5")
+    assert train_run(capsys).data.params["threads"] == "5"
+
+
+def test_the_thread_count_changes_results_by_rounding_only(
+    tracking_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Why `threads` is left out of the run signature: it changes losses only by float32 rounding (torch
+    sums in another order; measured 8e-8 relative), where nb_workers changes nothing at all."""
+    one, two = (train_run(capsys, "--threads", n) for n in ("1", "2"))
+    assert one.data.tags[tracking.TAG_SIGNATURE] == two.data.tags[tracking.TAG_SIGNATURE]
+    for metric in (tracking.TRAIN_LOSS, tracking.VALID_LOSS):
+        assert one.data.metrics[metric] == pytest.approx(two.data.metrics[metric], rel=1e-6)
+
+
+def test_a_bad_thread_environment_is_one_line(
+    tracking_uri: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(cores.THREADS_ENV, "lots")
+    started = time.time()
+    for args in (("train", "--quiet"), ("optimize", "--grid", "seed"), ("evaluate", "--model", "x")):
+        assert_one_line_error(run_main(capsys, *args), cores.THREADS_ENV, "'lots'")
+    client = mlflow.MlflowClient()
+    running = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"attributes.status = 'RUNNING' and attributes.start_time > {int(started * 1000)}",
+    )
+    assert not running
