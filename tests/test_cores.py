@@ -46,8 +46,12 @@ def another_process(isolated_cache: Path) -> Iterator[subprocess.Popen]:
     process.wait()
 
 
-def test_alone_a_run_uses_every_core(tracking_uri: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_alone_a_run_uses_every_core(
+    tracking_uri: str, capsys: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
+) -> None:
     run = train_run(capsys, "--nb-workers", "64")
+    # PyTorch's "excessive worker creation ... might get DataLoader running slow or even freeze"
+    assert not [w for w in recwarn if "excessive worker creation" in str(w.message)]
     cores_here = cores.machine_cores()
     assert run.data.params["threads"] == str(cores_here)
     # more DataLoader workers than the run's cores are capped, and the run says so
