@@ -6,12 +6,20 @@ from typing import Any
 
 import click
 
-from umx_tune.cli.options import EXPERIMENT, QUIET, config_options, pop_config_values
+from umx_tune.cli.options import (
+    EXPERIMENT,
+    MODEL_REFERENCE,
+    QUIET,
+    TRUST_MODEL,
+    config_options,
+    pop_config_values,
+)
 from umx_tune.config import TrainConfig
 
 
 @click.command()
-@click.option("--model", "model_ref", default=None, help="MLflow model URI or run id of a umx-tune run")
+@click.option("--model", "model_ref", default=None, help=MODEL_REFERENCE)
+@TRUST_MODEL
 @click.option(
     "--pretrained", default=None, help="Open-Unmix pretrained model instead (umxhq; needs internet)"
 )
@@ -27,6 +35,7 @@ from umx_tune.config import TrainConfig
 @QUIET
 def evaluate(
     model_ref: str | None,
+    trust_model: bool,
     pretrained: str | None,
     experiment: str,
     run_name: str | None,
@@ -49,7 +58,7 @@ def evaluate(
     from umx_tune.report.summary import score_lines
     from umx_tune.separation.model import resolve_device
     from umx_tune.separation.pretrained import load_pretrained
-    from umx_tune.tracking.models import load_separator, model_uri
+    from umx_tune.tracking.models import load_model
     from umx_tune.tracking.runs import start_run
 
     device = resolve_device(config.device)
@@ -58,8 +67,8 @@ def evaluate(
         source = f"pretrained:{pretrained}"
     else:
         assert model_ref is not None
-        separator = load_separator(model_ref, device)
-        source = model_uri(model_ref)
+        loaded = load_model(model_ref, device, trust_model=trust_model)
+        separator, source = loaded.separator, loaded.source
     target = next(iter(separator.target_models))
     data = open_dataset(config, progress=not quiet)
     # of the model's own target; an unknown listen_track fails before the run starts

@@ -116,6 +116,7 @@ ALLOW_MIXED_PROTOCOLS = click.option(
     is_flag=True,
     help="put runs scored by different evaluation protocols side by side anyway",
 )
+MODEL_REFERENCE = "a run id, an MLflow model URI (runs:/…, models:/…) or an Open-Unmix model folder"
 TRUST_MODEL = click.option(
     "--trust-model",
     is_flag=True,

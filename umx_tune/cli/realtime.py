@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from umx_tune.cli.options import config_options, pop_config_values, precision_option
+from umx_tune.cli.options import (
+    MODEL_REFERENCE,
+    TRUST_MODEL,
+    config_options,
+    pop_config_values,
+    precision_option,
+)
 from umx_tune.config import MODEL_SHAPING, SAMPLE_RATE, TrainConfig
 
 # torch, openunmix and MLflow load only when the command runs: `umx-tune --help` stays quick
@@ -81,25 +87,27 @@ def build_report(source: str, separator: Separator, measurements: list[Measureme
     }
 
 
-def _separator(model_ref: str | None, shape: dict[str, Any], device: torch.device) -> tuple[Separator, str]:
-    """The logged model, or an untrained one of the shape the options give; and its description."""
+def _separator(
+    model_ref: str | None, trust_model: bool, shape: dict[str, Any], device: torch.device
+) -> tuple[Separator, str]:
+    """The model, or an untrained one of the shape the options give; and its description."""
     from umx_tune.separation.model import build_separator, build_unmix
 
     if model_ref:
-        from umx_tune.tracking.models import load_separator, model_uri
+        from umx_tune.tracking.models import load_model
 
         if shape:
             names = ", ".join("--" + name.replace("_", "-") for name in shape)
             raise click.UsageError(f"{names} shape an untrained model; --model has its own shape")
-        return load_separator(model_ref, device), model_uri(model_ref)
+        loaded = load_model(model_ref, device, trust_model=trust_model)
+        return loaded.separator, loaded.source
     config = TrainConfig.from_dict(shape)
     return build_separator(config, build_unmix(config).to(device)), "untrained (config shape)"
 
 
 @click.command("realtime")
-@click.option(
-    "--model", "model_ref", default=None, help="MLflow model URI or run id [default: untrained model]"
-)
+@click.option("--model", "model_ref", default=None, help=f"{MODEL_REFERENCE} [default: untrained model]")
+@TRUST_MODEL
 @config_options(only=(*MODEL_SHAPING, "device"))
 @click.option(
     "--threads",
@@ -129,6 +137,7 @@ def _separator(model_ref: str | None, shape: dict[str, Any], device: torch.devic
 @click.option("--log", "log_run", is_flag=True, help="record the measurements in the model's MLflow run")
 def realtime(
     model_ref: str | None,
+    trust_model: bool,
     threads: tuple[int, ...],
     block: int | None,
     stream: bool | None,
@@ -157,7 +166,7 @@ def realtime(
     if log_run and not model_ref:
         raise click.UsageError("--log records into the model's run; give --model")
     run_id = model_run_id(_uri(model_ref)) if log_run else None
-    separator, source = _separator(model_ref, given, device)
+    separator, source = _separator(model_ref, trust_model, given, device)
     rt.stream_block(separator, block, stream)  # bad block / streaming a bidirectional model: fail first
     clips = [rt.measurement_audio(audio_path, seconds, 2)]
     measurements = [

@@ -7,12 +7,19 @@ from typing import Any
 
 import click
 
-from umx_tune.cli.options import config_options, pop_config_values, precision_option
+from umx_tune.cli.options import (
+    MODEL_REFERENCE,
+    TRUST_MODEL,
+    config_options,
+    pop_config_values,
+    precision_option,
+)
 from umx_tune.config import TrainConfig
 
 
 @click.command()
-@click.option("--model", "model_ref", required=True, help="MLflow model URI or run id of a umx-tune run")
+@click.option("--model", "model_ref", required=True, help=MODEL_REFERENCE)
+@TRUST_MODEL
 @click.argument("audio", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("separated"), show_default=True
@@ -22,7 +29,14 @@ from umx_tune.config import TrainConfig
 @click.option("--block", type=int, default=None, help="with --stream: block in samples [default: one hop]")
 @precision_option
 def separate(
-    model_ref: str, audio: Path, out: Path, stream: bool, block: int | None, precision: str, **values: Any
+    model_ref: str,
+    trust_model: bool,
+    audio: Path,
+    out: Path,
+    stream: bool,
+    block: int | None,
+    precision: str,
+    **values: Any,
 ) -> None:
     """Separate an audio file into the model's target and the residual, written as WAV files.
 
@@ -43,7 +57,7 @@ def separate(
     from umx_tune.tracking.models import load_separator
 
     device = resolve_device(config.device)
-    separator = load_separator(model_ref, device)
+    separator = load_separator(model_ref, device, trust_model=trust_model)
     mixture = read_audio(audio)
     if stream:
         estimates = stream_estimates(separator, mixture, block, device, precision)

@@ -1,0 +1,194 @@
+"""Models that run no code, against the session's real server: a logged model is an Open-Unmix
+folder read back from a run id, runs:/, models:/ or a local folder; a pickled model is refused
+(its planted payload never runs) unless --trust-model; Open-Unmix's own folders separate; and
+--init-model fine-tunes from a logged model (lower first validation loss than from scratch) or
+fails as one line on a shape that does not fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import TINY, assert_one_line_error, run_main
+from openunmix.model import OpenUnmix, Separator
+
+from umx_tune import tracking
+from umx_tune.config import SAMPLE_RATE, TrainConfig
+from umx_tune.separation.folder import read_model_folder, write_model_folder
+from umx_tune.separation.model import build_separator, build_unmix
+from umx_tune.tracking.client import Client
+from umx_tune.tracking.models import load_separator
+from umx_tune.tracking.runs import start_run
+
+CPU = torch.device("cpu")
+CONFIG = TrainConfig.from_dict({**TINY, "device": "cpu"})
+
+
+def tiny_unmix(seed: int, **changes: object) -> OpenUnmix:
+    """A TINY-shaped network with seeded weights and per-bin input statistics."""
+    config = CONFIG.replace(**changes)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    bins = config.nfft // 2 + 1
+    unmix = build_unmix(config, rng.uniform(0.1, 1, bins), rng.uniform(0.5, 2, bins))
+    for parameter in unmix.parameters():  # BatchNorm and output scales start as constants
+        parameter.data += 0.1 * torch.randn_like(parameter)
+    return unmix.eval()
+
+
+def two_targets(unidirectional: bool = False) -> Separator:
+    """vocals and drums in one separator, as `umx-tune compose` builds one."""
+    separator = Separator(
+        {"vocals": tiny_unmix(1, unidirectional=unidirectional), "drums": tiny_unmix(2)},
+        niter=1,
+        residual=True,
+        sample_rate=SAMPLE_RATE,
+        n_fft=CONFIG.nfft,
+        n_hop=CONFIG.nhop,
+    )
+    separator.freeze()
+    return separator
+
+
+def separated(separator: Separator, mix: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return separator(mix)
+
+
+def assert_same(loaded: Separator, original: Separator) -> None:
+    assert list(loaded.target_models) == list(original.target_models)
+    assert (loaded.niter, loaded.residual) == (original.niter, original.residual)
+    mix = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 2, 8000)).astype("float32"))
+    torch.testing.assert_close(separated(loaded, mix), separated(original, mix), rtol=0, atol=1e-6)
+
+
+def log_model(separator: Separator, experiment: str) -> str:
+    with start_run(experiment=experiment) as tracker:
+        tracker.log_model(separator, {"vocals": CONFIG.to_params()})
+    return tracker.run_id
+
+
+def test_a_logged_model_is_an_openunmix_folder_read_back_from_every_kind_of_reference(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    original = two_targets(unidirectional=True)
+    run_id = log_model(original, "test-models-folder")
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
+    names = {p.name for p in local.iterdir()}
+    assert {"MLmodel", "separator.json", "vocals.json", "vocals.pth", "drums.json", "drums.pth"} <= names
+    assert not any(name.endswith((".pkl", ".pt")) for name in names)
+    assert set(mlflow.models.Model.load(str(local / "MLmodel")).flavors) == {tracking.MODEL_FLAVOR}
+    args = json.loads((local / "vocals.json").read_text())["args"]
+    assert (args["hidden_size"], args["nfft"], args["unidirectional"]) == (16, 1024, True)
+    assert args["samples_per_track"] == TINY["samples_per_track"]  # the run's training options
+    uri = f"runs:/{run_id}/model"
+    registered = Client().register_model(uri, "test-models-folder", run_id)  # as --register-best does
+    for ref in (run_id, uri, f"models:/{registered}", str(local)):
+        loaded = load_separator(ref, CPU)
+        assert not loaded.target_models["vocals"].lstm.bidirectional  # causal stays causal
+        assert loaded.target_models["drums"].lstm.bidirectional
+        assert_same(loaded, original)
+
+
+class Payload:
+    """What an attacker plants in a pickled model: unpickling it calls open(marker, "w")."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+def log_pickled(separator: Separator, experiment: str) -> str:
+    """separator in MLflow's pytorch flavor, as umx-tune logged models before (a pickle)."""
+    import mlflow.pytorch
+
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as run:
+        # requirements given: inferring them would load (and so run) the model
+        mlflow.pytorch.log_model(separator, name="model", pip_requirements=[], serialization_format="pickle")
+    return run.info.run_id
+
+
+def write_mix(path: Path, seconds: float = 0.5) -> Path:
+    noise = np.random.default_rng(3).uniform(-0.5, 0.5, (int(seconds * SAMPLE_RATE), 2))
+    sf.write(path, noise.astype("float32"), SAMPLE_RATE, subtype="FLOAT")
+    return path
+
+
+def test_a_pickled_model_is_refused_and_its_payload_never_runs_unless_trusted(
+    tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "payload-ran"
+    separator = build_separator(CONFIG, tiny_unmix(4))
+    separator.payload = Payload(marker)
+    run_id = log_pickled(separator, "test-models-pickle")
+    local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path / "pickled"))
+    planted = tmp_path / "planted"  # an Open-Unmix folder whose weights are the pickle
+    write_model_folder(build_separator(CONFIG, tiny_unmix(4)), planted)
+    torch.save(separator, planted / "vocals.pth")
+    assert not marker.exists()
+    mix, out = write_mix(tmp_path / "mix.wav"), tmp_path / "out"
+    refused = {
+        ("separate", "--model", run_id, str(mix), "--out", str(out)): (
+            f"runs:/{run_id}/model",
+            "--trust-model",
+        ),
+        ("separate", "--model", local, str(mix), "--out", str(out)): (local, "--trust-model"),
+        ("evaluate", "--model", f"runs:/{run_id}/model"): (f"runs:/{run_id}/model", "--trust-model"),
+        ("realtime", "--model", run_id, "--seconds", "0.2"): (f"runs:/{run_id}/model", "--trust-model"),
+        ("separate", "--model", str(planted), str(mix), "--out", str(out)): ("vocals.pth", "state dict"),
+    }
+    for args, words in refused.items():
+        assert_one_line_error(run_main(capsys, *args), *words, progress_before=True)
+        assert not marker.exists(), args
+    assert not out.exists()
+    # trusted, a model logged before umx-tune logged folders still separates (the payload runs)
+    result = run_main(capsys, "separate", "--model", run_id, "--trust-model", str(mix), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert marker.exists() and len(list(out.iterdir())) == 2
+
+
+def openunmix_folder(folder: Path) -> Path:
+    """A model folder as Open-Unmix's scripts/train.py writes it: its classes, torch.save of the
+    state dict, its JSON (args as train.py's, no max_bin) and a hub-style weights name."""
+    folder.mkdir()
+    torch.manual_seed(5)
+    unmix = OpenUnmix(nb_bins=513, nb_channels=2, hidden_size=16, max_bin=372)
+    torch.save(unmix.state_dict(), folder / "vocals-0123abcd.pth")
+    args = {
+        "target": "vocals",
+        "nfft": 1024,
+        "nhop": 256,
+        "nb_channels": 2,
+        "hidden_size": 16,
+        "bandwidth": 16000,
+    }
+    (folder / "vocals.json").write_text(json.dumps({"args": args, "best_loss": 1.0, "epochs_trained": 3}))
+    separator_conf = {"nfft": 1024, "nhop": 256, "sample_rate": 44100.0, "nb_channels": 2}
+    (folder / "separator.json").write_text(json.dumps(separator_conf))
+    return folder
+
+
+def test_separate_reads_a_folder_openunmix_wrote_as_openunmix_separates_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import openunmix.utils
+
+    folder = openunmix_folder(tmp_path / "umx-model")
+    mix = write_mix(tmp_path / "song.wav")
+    result = run_main(capsys, "separate", "--model", str(folder), str(mix), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    theirs = openunmix.utils.load_separator(str(folder), targets=["vocals"], residual=True, niter=1)
+    audio = torch.from_numpy(sf.read(mix, dtype="float32")[0].T.copy())[None]
+    expected = separated(theirs.eval(), audio)[0]  # (vocals + residual, channels, samples)
+    for k, label in enumerate(("vocals", "accompaniment")):
+        ours = sf.read(tmp_path / "out" / f"song_{label}.wav", dtype="float32")[0].T
+        np.testing.assert_allclose(ours, expected[k].numpy(), atol=1e-5 * float(expected[k].abs().max()))
+    assert read_model_folder(folder, CPU).target_models["vocals"].nb_bins == 372
