@@ -23,13 +23,11 @@ import argparse
 import inspect
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any
 
 import optuna
 import torch
+from servers import start_server
 
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import open_dataset
@@ -256,34 +255,11 @@ def profiled_worker(out: Path, argv: list[str]) -> None:
     out.write_text(json.dumps(result))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_server(root: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
-    command += ["--artifacts-destination", str(root / "art")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root)
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                return process, uri
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("mlflow server did not start")
-
-
 def storage_overhead(workers: int, root: Path, trials: int = 3) -> dict[str, Any]:
     """Tiny grid trials shared by `workers` worker processes; seconds in storage calls per trial."""
     grid = root / "grid.yaml"
     grid.write_text("entries:\n" + "".join(f"  t{i}: {{hidden_size: {8 + 4 * i}}}\n" for i in range(trials)))
-    process, uri = _start_server(root)
+    process, uri = start_server(root)
     tiny = ["--epochs", "1", "--samples-per-track", "2", "--batch-size", "4", "--synth-tracks", "2"]
     tiny += ["--synth-duration", "2", "--seq-dur", "1", "--nfft", "1024", "--nhop", "256", "--device", "cpu"]
     argv = ["optimize", "--grid", str(grid), "--study-name", f"overhead-{workers}", "--quiet"]

@@ -1,0 +1,119 @@
+"""Study throughput: one small fixed grid run by 1, 2 and 3 local `umx-tune optimize` workers.
+
+Six CPU-sized grid entries (they differ in hidden size and batch size, as the seed grid's do) are
+run by N workers sharing one study, against a real `mlflow server` on 127.0.0.1 and a sqlite Optuna
+storage, each N twice: with the threads the default rule gives (umx_tune/cores.py: this machine's
+cores divided by the umx-tune processes running) and, for contrast, with every worker using all
+cores (`--threads <cores>`, what every process did before the rule). The figure is the grid's
+wall time from the first worker's start to the last one's end.
+
+Targets (issue 16): 2 workers on 2 cores finish in at most 0.75 of one worker's time; 3 workers are
+never slower than 2. Run it on a quiet machine: anything else running shares the same cores.
+
+    .venv/bin/python benchmarks/study_throughput.py --out benchmarks/study_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from servers import BIN, start_server
+
+from umx_tune import cores
+
+# six entries of about ten seconds each on one core (training, evaluation and logging)
+GRID = """description: study_throughput benchmark grid
+entries:
+  h32-b4:  {hidden_size: 32, batch_size: 4}
+  h32-b8:  {hidden_size: 32, batch_size: 8}
+  h64-b4:  {hidden_size: 64, batch_size: 4}
+  h64-b8:  {hidden_size: 64, batch_size: 8}
+  h96-b4:  {hidden_size: 96, batch_size: 4}
+  h96-b8:  {hidden_size: 96, batch_size: 8}
+"""
+BASE = ["--epochs", "2", "--samples-per-track", "8", "--seq-dur", "1", "--nfft", "1024", "--nhop", "256"]
+BASE += ["--synth-tracks", "4", "--synth-duration", "4", "--device", "cpu", "--no-audio"]
+BASE += ["--no-system-metrics", "--nb-workers", "0"]
+
+
+def run_grid(root: Path, uri: str, workers: int, threads: int | None, tag: str) -> dict[str, Any]:
+    """The grid's wall time with `workers` worker processes (threads None: the default rule)."""
+    grid = root / "grid.yaml"
+    grid.write_text(GRID)
+    argv = [str(BIN / "umx-tune"), "optimize", "--grid", str(grid), "--study-name", tag, "--quiet"]
+    argv += ["--storage", f"sqlite:///{root / 'optuna.db'}", "--heartbeat-interval", "10", *BASE]
+    if threads is not None:
+        argv += ["--threads", str(threads)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop(cores.THREADS_ENV, None)
+    start = time.perf_counter()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
+    procs = [subprocess.Popen(argv, env=env, cwd=root, **quiet) for _ in range(workers)]
+    for process in procs:
+        _, err = process.communicate(timeout=3600)
+        if process.returncode != 0:
+            raise RuntimeError(f"worker failed ({process.returncode}): {err.strip()[-2000:]}")
+    return {
+        "workers": workers,
+        "threads": "default rule" if threads is None else f"{threads} each (all cores)",
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
+
+
+def warm_cache() -> None:
+    """Build the synthetic dataset once (in UMX_TUNE_CACHE), so that no timed grid pays for it."""
+    from umx_tune.data.synth.lifecycle import ensure_synth_dataset
+
+    ensure_synth_dataset(4, 4.0, 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    args = parser.parse_args()
+    machine = cores.machine_cores()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="umx-throughput-") as tmp:
+        root = Path(tmp)
+        os.environ["UMX_TUNE_CACHE"] = str(root / "cache")  # the workers' registry and dataset
+        server, uri = start_server(root)
+        try:
+            load_before = os.getloadavg()[0]
+            warm_cache()
+            for mode in (None, machine):
+                for workers in args.workers:
+                    tag = f"w{workers}-{'default' if mode is None else 'all'}"
+                    results.append(run_grid(root, uri, workers, mode, tag))
+                    print(json.dumps(results[-1]), file=sys.stderr)
+        finally:
+            server.terminate()
+            server.wait()
+    default = {r["workers"]: r["wall_seconds"] for r in results if r["threads"] == "default rule"}
+    report = {
+        "machine": {"cores": machine, "load_before": round(load_before, 2)},
+        "grid_entries": GRID.count("{hidden_size"),
+        "results": results,
+        "default_rule": {
+            "two_over_one": round(default[2] / default[1], 3) if {1, 2} <= default.keys() else None,
+            "three_over_two": round(default[3] / default[2], 3) if {2, 3} <= default.keys() else None,
+        },
+        "targets": {"two_over_one": "<= 0.75", "three_over_two": "<= 1.0"},
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
