@@ -123,16 +123,17 @@ def evaluate_and_log(
     progress: bool,
     excerpt: Excerpt | None = None,
 ) -> EvaluationResult:
-    """Score the test tracks as protocol says (its evaluator; its first target is the model's); log
-    per-estimate metrics, the target's plain SDR/SIR/ISR/SAR, its per-track scores and the protocol
-    (tags), the per-track JSONs (under eval/) and the excerpt to listen to (under audio/, from the
-    estimates the scoring separated). The pipeline and `umx-tune evaluate` end here."""
+    """Score the test tracks as protocol says (its evaluator and estimates; its first target is the
+    model's); log per-estimate metrics, the target's plain SDR/SIR/ISR/SAR and global SDR, its
+    per-track scores and the protocol (tags), the per-track JSONs (under eval/) and the excerpt to
+    listen to (under audio/, from the estimates the scoring separated). The pipeline and `umx-tune
+    evaluate` end here."""
     target = protocol.targets[0]
     with artifact_tempdir() as tmp:
         evaluation = evaluate_tracks(
             separator,
             tracks,
-            target,
+            protocol.targets,
             Path(tmp),
             device=device,
             evaluator=protocol.evaluator,

@@ -1,4 +1,5 @@
-"""Separation of the test tracks and BSSEval v4 scoring, aggregated as in SiSEC 2018.
+"""Separation of the test tracks and BSSEval v4 scoring, aggregated as in SiSEC 2018, with the
+global SDR of the MDX/SDX challenges beside it.
 
 Tracks are separated one after another in this process (the model uses torch's threads), and each
 separated track is scored in a pool of worker processes while the next one is separated.
@@ -22,10 +23,12 @@ import torch
 import tqdm
 from openunmix import model as umx_model
 
-from umx_tune.config import SAMPLE_RATE
+from umx_tune import tracking
+from umx_tune.config import SAMPLE_RATE, TARGETS
 from umx_tune.data.dataset import Track
+from umx_tune.evaluation import global_sdr
 from umx_tune.evaluation.listen import Excerpt
-from umx_tune.separation.offline import residual_name, separate
+from umx_tune.separation.offline import RESIDUAL, residual_name, separate
 
 T = TypeVar("T")
 
@@ -49,7 +52,7 @@ class EvaluationResult:
 def evaluate_tracks(
     separator: umx_model.Separator,
     tracks: list[Track],
-    target: str,
+    scored: tuple[str, ...],
     out_dir: Path,
     *,
     device: torch.device,
@@ -58,25 +61,32 @@ def evaluate_tracks(
     progress: bool = False,
     keep: Excerpt | None = None,
 ) -> EvaluationResult:
-    """Separate and score every track; write one museval JSON per track into out_dir. The estimates
-    of keep's excerpt (of one of tracks) are kept: the listening excerpt needs no second separation."""
+    """Separate every track and score the scored estimates (`score_track`); write one museval JSON
+    per track into out_dir. The estimates of keep's excerpt (of one of tracks) are kept: the
+    listening excerpt needs no second separation."""
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     workers = workers or min(len(tracks), os.cpu_count() or 1)
     kept = None
     with _scoring_pool(workers) as pool:
-        jobs: list[Future[str]] = []
+        jobs: list[Future[TrackResult]] = []
         for track in tqdm.tqdm(tracks, desc="separating", disable=not progress, leave=False):
             estimates = separate(separator, track.read("mixture"), device)
             if keep is not None and track.name == keep.track:
                 kept = {name: keep.cut(audio).copy() for name, audio in estimates.items()}
-            jobs.append(pool.submit(score_track, track, target, estimates, evaluator))
-        track_jsons = {track.name: job.result() for track, job in zip(tracks, jobs, strict=True)}
+            jobs.append(pool.submit(score_track, track, scored, estimates, evaluator))
+        results = {track.name: job.result() for track, job in zip(tracks, jobs, strict=True)}
+    track_jsons = {name: result.json for name, result in results.items()}
     for name, text in track_jsons.items():
         (out_dir / f"{name}.json").write_text(text)
     store = _eval_store(track_jsons)
+    scores = aggregate(store)
+    for name in scored:  # beside SiSEC's medians, the challenges' mean over tracks
+        mean = global_sdr.mean_over_tracks(result.global_sdr[name] for result in results.values())
+        scores.setdefault(name, {})[tracking.GLOBAL_SDR] = mean
     seconds = time.perf_counter() - start
-    return EvaluationResult(aggregate(store), per_track(store), seconds, excerpt=kept)
+    return EvaluationResult(scores, per_track(store), seconds, excerpt=kept)
+
 
 
 class _InlineExecutor(Executor):
@@ -98,15 +108,34 @@ def _scoring_pool(workers: int) -> Executor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def score_track(track: Track, target: str, estimates: dict[str, np.ndarray], evaluator: str) -> str:
-    """BSSEval v4 of one track's target and residual; museval's TrackStore JSON."""
+@dataclass(frozen=True)
+class TrackResult:
+    """One track's scores: museval's TrackStore JSON (BSSEval v4 frames) and {estimate: global SDR}."""
+
+    json: str
+    global_sdr: dict[str, float]
+
+
+def score_track(
+    track: Track, scored: tuple[str, ...], estimates: dict[str, np.ndarray], evaluator: str
+) -> TrackResult:
+    """BSSEval v4 (all scored estimates jointly, as SiSEC 2018 scores a separator's four) and the
+    global SDR of one track. scored names the model's targets, then the residual's name beside a
+    single target ('accompaniment' for vocals); estimates as `separate` returns them."""
     from umx_tune.evaluation.bsseval import eval_track
 
-    residual = residual_name(target)
-    references = {target: track.read(target).T, residual: track.residual(target).T}
-    named = {target: estimates[target], residual: estimates["residual"]}
+    targets = [name for name in scored if name in TARGETS]
+    references, named = {}, {}
+    for name in scored:
+        if name in targets:
+            references[name], named[name] = track.read(name).T, estimates[name]
+        else:
+            assert len(targets) == 1 and name == residual_name(targets[0]), f"a residual of {targets}"
+            references[name], named[name] = track.residual(targets[0]).T, estimates[RESIDUAL]
     store = eval_track(references, named, track.name, rate=SAMPLE_RATE, evaluator=evaluator)
-    return store.json
+    sdrs = {name: global_sdr.global_sdr(references[name], named[name]) for name in scored}
+    return TrackResult(store.json, sdrs)
+
 
 
 def _eval_store(track_jsons: dict[str, str]) -> museval.EvalStore:

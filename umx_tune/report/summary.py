@@ -31,11 +31,10 @@ def print_summary(result: ExperimentResult) -> None:
 
 
 def score_lines(scores: dict[str, dict[str, float]]) -> list[str]:
-    """One line per estimate: SDR, SIR, ISR, SAR in dB."""
+    """One line per estimate: SDR, SIR, ISR, SAR and global SDR in dB."""
+    metrics = (*tracking.SEPARATION_METRICS, tracking.GLOBAL_SDR)
     return [
-        f"  {name:<14} "
-        + "  ".join(f"{m} {values[m]:6.2f}" for m in tracking.SEPARATION_METRICS if m in values)
-        + "  dB"
+        f"  {name:<14} " + "  ".join(f"{m} {values[m]:6.2f}" for m in metrics if m in values) + "  dB"
         for name, values in scores.items()
     ]
 

@@ -94,6 +94,7 @@ TRAINING_COLUMNS: tuple[Column, ...] = (
 SCORE_COLUMNS: tuple[Column, ...] = (
     NAME_COLUMN,
     *(_score_column(m) for m in tracking.SEPARATION_METRICS),
+    _score_column(tracking.GLOBAL_SDR, optional=True),  # runs scored before it was logged have none
     _score_column(tracking.REALTIME_FACTOR, ".3g", optional=True),
     _score_column(tracking.REALTIME_FACTOR_STREAMING, ".3g", optional=True),
 )

@@ -40,6 +40,7 @@ from openunmix.model import Separator
 from torch import Tensor, nn
 
 from umx_tune.errors import ConfigError, ModelError
+from umx_tune.separation.offline import estimate_names
 from umx_tune.separation.streaming_net import StreamingNet, check_precision
 
 WIENER_EPS = 1e-10  # openunmix.filtering.wiener's default eps, for the softmask ratio
@@ -210,11 +211,6 @@ class StreamResult:
     block_cpu_seconds: list[float]
 
 
-def source_names(separator: Separator) -> list[str]:
-    """Names of the streamed outputs: the targets, then 'residual' if the Separator has one."""
-    return [*separator.target_models.keys(), *(["residual"] if separator.residual else [])]
-
-
 def stream_separate(
     separator: Separator,
     audio: Tensor,
@@ -240,7 +236,7 @@ def stream_separate(
         cpu_seconds.append(time.thread_time() - cpu_tic)
     # (nb_sources, nb_channels, total) -> drop the delay, keep the input's length
     estimates = torch.cat(outputs, -1)[..., streamer.delay : streamer.delay + nb_samples]
-    return StreamResult(estimates, seconds, source_names(separator), cpu_seconds)
+    return StreamResult(estimates, seconds, estimate_names(separator), cpu_seconds)
 
 
 def stream_estimates(

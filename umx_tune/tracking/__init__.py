@@ -44,6 +44,8 @@ BLOCK_MS_MEDIAN = "block_ms_median"
 BLOCK_MS_P99 = "block_ms_p99"
 # BSSEval v4 metrics, logged plainly for the run's target and as '<estimate>_<metric>'
 SEPARATION_METRICS = ("SDR", "SIR", "ISR", "SAR")
+# the MDX 2021 / SDX 2023 score (umx_tune.evaluation.global_sdr), logged beside them the same two ways
+GLOBAL_SDR = "global_SDR"
 
 # tag names
 TAG_VERSION = "umx_tune.version"
