@@ -21,6 +21,10 @@ class TrackingError(UmxTuneError):
     """The MLflow tracking server cannot be reached or refuses a request."""
 
 
+class TrackingUnreachable(TrackingError):
+    """The MLflow tracking server does not answer at all (down, restarting, or not there)."""
+
+
 class ModelError(UmxTuneError):
     """A model URI, run id or checkpoint cannot be loaded or does not fit."""
 

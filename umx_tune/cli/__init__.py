@@ -3,7 +3,8 @@
 Each command lives in its own module of this package and is registered once, in COMMANDS; its
 module is imported only when the command runs (or `--help` lists it), so that `umx-tune train`
 does not pay for Optuna and `--help` for none of torch, MLflow and Optuna.
-Every user error is one line on stderr and exit status 2; Ctrl-C exits 130.
+Every user error is one line on stderr and exit status 2; Ctrl-C exits 130, SIGTERM (which cleans
+up as Ctrl-C does, umx_tune.signals) 143.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import click
 
 from umx_tune.errors import UmxTuneError
+from umx_tune.signals import TERMINATED_EXIT, Terminated, terminate_like_ctrl_c
 
 # command name -> "module:attribute" of its click command
 COMMANDS = {
@@ -28,6 +30,7 @@ COMMANDS = {
     "compare": "umx_tune.cli.compare:compare",
     "deploy": "umx_tune.cli.deploy:deploy",
     "dashboard": "umx_tune.cli.dashboard:dashboard",
+    "export": "umx_tune.cli.export:export",
 }
 
 
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and exit status 2."""
     # MLflow's INFO lines ("Creating a new experiment") would interleave with our output
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    terminate_like_ctrl_c()
     try:
         cli.main(args=argv, prog_name="umx-tune", standalone_mode=False)
     except click.exceptions.Exit as stop:
@@ -66,7 +70,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail(err.format_message(), 2)
     except UmxTuneError as err:
         _fail(str(err), err.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, click.exceptions.Abort) as stop:
+        # click passes an interrupt on as Abort, from it
+        if isinstance(stop, Terminated) or isinstance(stop.__cause__, Terminated):
+            _fail("terminated", TERMINATED_EXIT)
         _fail("interrupted", 130)
 
 

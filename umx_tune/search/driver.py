@@ -14,8 +14,9 @@ from umx_tune.errors import UmxTuneError
 from umx_tune.report.page import publish_study
 from umx_tune.search import choices, confirm, mirror, storage, worker
 from umx_tune.search.settings import Request
-from umx_tune.search.setup import StudyContext, open_study
+from umx_tune.search.setup import StudyContext, new_study, open_study
 from umx_tune.search.trial import TrialOptions
+from umx_tune.signals import interruption
 from umx_tune.tracking.client import hide_run_links
 from umx_tune.tracking.server import check_server, tracking_uri
 
@@ -60,22 +61,26 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
     if not options.progress:
         hide_run_links()  # --quiet: the summary alone
     url = options.storage_url or storage.default_url(tracking_uri())
+    adopt = mirror.pop_project_run()
+    if not storage.exists(url):  # refuse what would be refused before the storage is made
+        new_study(request, storage.masked(url), adopt)
     heartbeat = storage.HeartbeatSettings.every(options.heartbeat_interval)
     raw = storage.open_storage(url, heartbeat, worker.on_stale_trial)
-    ctx = open_study(request, raw, storage.masked(url), mirror.pop_project_run())
+    ctx = open_study(request, raw, storage.masked(url), adopt)
     study = ctx.load(
         choices.make_sampler(ctx.settings.sampler, options.sampler_seed),
         choices.make_pruner(ctx.settings.pruner, _pruner_settings(ctx, options)),
     )
-    trial_options = TrialOptions(options.checkpoint_root, options.progress)
+    trial_options = TrialOptions(options.checkpoint_root, options.progress, options.heartbeat_interval)
     report = worker.WorkerReport()
     try:
         report = worker.run_worker(ctx, study, trial_options, deadline, poll=heartbeat.interval)
         if report.stopped_by == "done" and _should_conclude(ctx, study, report):
             _confirm(ctx, study, report, trial_options, deadline, heartbeat.interval)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the last worker out ends the parent
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            mirror.end_parent(ctx.parent_run_id, "KILLED")
+            waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            mirror.end_parent(ctx.parent_run_id, "KILLED", f"{interruption(stop)}; {waiting} trials queued")
         raise
     outcome = Outcome(ctx, report, best=None, concluded=False)
     if _should_conclude(ctx, study, report):

@@ -186,9 +186,13 @@ def record_confirmed(parent_run_id: str, confirmed: Sequence[Confirmed]) -> None
     client.log_text(parent_run_id, json.dumps(summary, indent=2), tracking.STUDY_CONFIRMED_ARTIFACT)
 
 
-def end_parent(parent_run_id: str, status: str) -> None:
-    """End the parent run FINISHED or KILLED (a later resume reopens it)."""
-    Client().end_run(parent_run_id, status)
+def end_parent(parent_run_id: str, status: str, state: str | None = None) -> None:
+    """End the parent run FINISHED, KILLED or FAILED (a later resume reopens it), with the study's
+    state (TAG_STUDY_STATE, 'running' while it runs) where given."""
+    client = Client()
+    if state:
+        client.set_tag(parent_run_id, tracking.TAG_STUDY_STATE, state)
+    client.end_run(parent_run_id, status)
 
 
 def is_finished(run_id: str) -> bool:

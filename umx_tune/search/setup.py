@@ -56,12 +56,9 @@ def open_study(
     """Create the requested study, or join the existing one of that name."""
     name = request.study_name
     created = False
-    if adopt_run and request.experiment is None:  # under `mlflow run`: its experiment
-        request = dataclasses.replace(request, experiment=mirror.experiment_of(adopt_run))
+    request = _in_experiment(request, adopt_run)
     if not _exists(storage, name):
-        settings = request.new_settings(default_objective="valid_loss")
-        objective = objectives.get(settings.objective)
-        _check_not_elsewhere(settings, storage_url)
+        settings, objective = new_study(request, storage_url, adopt_run)
         directions = [StudyDirection[d.upper()] for d in objective.directions]
         try:
             storage.create_new_study(directions, name)
@@ -78,6 +75,23 @@ def open_study(
         _check_directions(storage, study_id, objective, name)
         mirror.reopen_parent(parent)
     return StudyContext(settings, objective, storage, storage_url, study_id, parent, created)
+
+
+def new_study(request: Request, storage_url: str, adopt_run: str | None) -> tuple[StudySettings, Objective]:
+    """The settings and objective of the study request creates; ConfigError where it cannot be
+    created. Checked before a storage is opened when the storage does not exist yet, so that a
+    refused command does not leave it behind (an empty sqlite file)."""
+    settings = _in_experiment(request, adopt_run).new_settings(default_objective="valid_loss")
+    objective = objectives.get(settings.objective)
+    _check_not_elsewhere(settings, storage_url)
+    return settings, objective
+
+
+def _in_experiment(request: Request, adopt_run: str | None) -> Request:
+    """Under `mlflow run` (adopt_run: its run) the study goes into that run's experiment."""
+    if adopt_run and request.experiment is None:
+        return dataclasses.replace(request, experiment=mirror.experiment_of(adopt_run))
+    return request
 
 
 def _exists(storage: BaseStorage, name: str) -> bool:
@@ -122,7 +136,7 @@ def _set_up(
     except BaseException:
         storage.delete_study(study_id)
         if parent is not None:
-            mirror.end_parent(parent, "FAILED")
+            mirror.end_parent(parent, "FAILED", "set-up failed")
         raise
 
 

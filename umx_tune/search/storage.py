@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial
 
 from umx_tune.errors import ConfigError, first_line
 from umx_tune.paths import cache_root
+from umx_tune.tracking.heartbeat import grace as grace_period
 
 STORAGE_ENV = "UMX_TUNE_STORAGE"
 _SQLITE_ENGINE = {"connect_args": {"timeout": 60}}  # seconds a connection waits for another's lock
@@ -45,9 +46,8 @@ class HeartbeatSettings:
 
     @classmethod
     def every(cls, interval: int) -> HeartbeatSettings:
-        # three missed beats, so that a busy machine (training saturates the cores) is not taken
-        # for a dead one
-        return cls(interval=interval, grace=max(3 * interval, interval + 5))
+        # the grace of the trial runs' heartbeats in MLflow too
+        return cls(interval=interval, grace=grace_period(interval))
 
 
 def default_url(tracking_uri: str, warn: bool = True) -> str:
@@ -79,6 +79,11 @@ def default_url(tracking_uri: str, warn: bool = True) -> str:
 def masked(url: str) -> str:
     """The URL without a password, for tags and messages."""
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def exists(url: str) -> bool:
+    """False for a sqlite storage whose file is not there yet (opening it would create it)."""
+    return not url.startswith("sqlite:///") or Path(url[len("sqlite:///") :]).is_file()
 
 
 def open_storage(url: str, heartbeat: HeartbeatSettings, on_stale: StaleCallback) -> BaseStorage:

@@ -35,6 +35,7 @@ class Pruned(optuna.TrialPruned):
 class TrialOptions:
     checkpoint_root: Path
     progress: bool  # per-trial and per-epoch progress lines (--quiet: none)
+    heartbeat_interval: int  # seconds between the trial run's heartbeats (--heartbeat-interval)
 
 
 def run_name(ctx: StudyContext, trial: optuna.Trial) -> str:
@@ -77,6 +78,7 @@ def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> 
         tags=tags,
         killed_on=(optuna.TrialPruned,),
         system_metrics=ctx.settings.base.system_metrics,  # the worker's own choice (PER_WORKER)
+        heartbeat_interval=options.heartbeat_interval,
     ) as tracker:
         # first thing: the run id, so that whoever finds this trial's worker dead can fail its run
         trial.set_user_attr(mirror.RUN_ID_ATTR, tracker.run_id)

@@ -24,13 +24,14 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from umx_tune.errors import UmxTuneError, first_line
+from umx_tune.errors import TrackingUnreachable, UmxTuneError, first_line
 from umx_tune.search import mirror, progress
 from umx_tune.search.confirm import CONFIRMS_ATTR
 from umx_tune.search.plans import GRID_ENTRY_ATTR
 from umx_tune.search.settings import REPLICATE_ATTR
 from umx_tune.search.setup import StudyContext
 from umx_tune.search.trial import Pruned, TrialOptions, run_trial
+from umx_tune.signals import interruption
 
 REASON_ATTR = "fail_reason"
 PRUNED_EPOCH_ATTR = "pruned_epoch"
@@ -101,9 +102,12 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
     except Pruned as pruned:
         state, told, reason = TrialState.PRUNED, None, str(pruned)
         attrs[PRUNED_EPOCH_ATTR] = pruned.epoch
-    except KeyboardInterrupt:
-        _finish(ctx, study, trial, TrialState.FAIL, None, "interrupted (Ctrl-C)", {})
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: queued again for a resume
+        _finish(ctx, study, trial, TrialState.FAIL, None, interruption(stop), {})
         requeue(study, ctx.storage.get_trial(trial._trial_id))
+        raise
+    except TrackingUnreachable as lost:
+        _give_back(ctx, study, trial, lost)
         raise
     except Exception as err:  # the trial failed; the study goes on
         state, told, reason = TrialState.FAIL, None, f"{type(err).__name__}: {first_line(err)}"
@@ -114,6 +118,23 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
         print(progress.trial_line(ctx, frozen, reason), file=sys.stderr)
         print(progress.study_line(ctx, study), file=sys.stderr)
     return frozen.state.name
+
+
+def _give_back(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, err: TrackingUnreachable) -> None:
+    """A trial that could not reach MLflow (down for longer than a run's start waits): failed, and
+    queued again without counting as a retry, for this or another worker to run once it answers.
+
+    Its run, if it has one, is not ended here (that would wait out MLflow's own minutes of
+    retries): its heartbeat stops, and the next run started in the experiment ends it FAILED.
+    """
+    reason = f"{type(err).__name__}: {first_line(err)}"
+    try:
+        trial.set_user_attr(REASON_ATTR, reason)
+        frozen = study.tell(trial, state=TrialState.FAIL)
+    except (UpdateFinishedTrialError, ValueError):
+        return  # failed as stale by another worker, which has queued it again
+    requeue(study, frozen, counted=False)
+    print(f"{ctx.settings.name}: {progress.named(frozen)} queued again: {reason}", file=sys.stderr)
 
 
 def _finish(
@@ -147,21 +168,23 @@ def _finish(
 
 
 def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Optuna's callback for a trial whose worker stopped beating: fail its run, queue it again."""
+    """Optuna's callback for a trial whose worker stopped beating: queue it again, fail its run
+    (queued first: a tracking server that is down then loses no trial)."""
     print(f"{study.study_name}: trial {trial.number} lost its worker (no heartbeat)", file=sys.stderr)
-    mirror.mark_lost(trial, "worker lost: no heartbeat within the grace period")
     requeue(study, trial)
+    mirror.mark_lost(trial, "worker lost: no heartbeat within the grace period")
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue an unfinished trial's config again (same params and grid entry), a few times at most."""
+def requeue(study: optuna.Study, trial: FrozenTrial, counted: bool = True) -> None:
+    """Queue an unfinished trial's config again (same params and grid entry), a few times at most;
+    a requeue that is not the trial's fault (counted=False: tracking was unreachable) is free."""
     retries = int(trial.user_attrs.get(RETRIES_ATTR, 0))
-    if retries >= MAX_RETRIES:
+    if counted and retries >= MAX_RETRIES:
         print(f"{study.study_name}: trial {trial.number} given up after {retries} retries", file=sys.stderr)
         return
     params = trial.params or trial.system_attrs.get("fixed_params", {})
     retry_of = trial.user_attrs.get(mirror.RETRY_OF_ATTR, trial.number)
-    attrs = {mirror.RETRY_OF_ATTR: retry_of, RETRIES_ATTR: retries + 1}
+    attrs = {mirror.RETRY_OF_ATTR: retry_of, RETRIES_ATTR: retries + int(counted)}
     for kept in (GRID_ENTRY_ATTR, REPLICATE_ATTR, CONFIRMS_ATTR):
         if kept in trial.user_attrs:
             attrs[kept] = trial.user_attrs[kept]

@@ -209,7 +209,7 @@ def measure_stream(
     """Streaming speed alone: blocks of `block` samples (default one hop), weights in `precision`."""
     check_streamable(separator)
     nhop = int(separator.stft.n_hop)
-    block = check_block(block or nhop, nhop)
+    block = check_block(nhop if block is None else block, nhop)
     check_precision(precision, device)
     with torch_threads(threads):
         streaming_block_seconds(separator, _warm_up_clips(separator, clips), device, block, precision)

@@ -113,7 +113,7 @@ class StreamingSeparator:
         check_precision(precision, self.device)
         self.nfft = int(separator.stft.n_fft)
         self.nhop = int(separator.stft.n_hop)
-        self.block = check_block(block or self.nhop, self.nhop)
+        self.block = check_block(self.nhop if block is None else block, self.nhop)  # 0 is refused
         self.sample_rate = float(separator.sample_rate)
         self.softmask = bool(separator.softmask)
         self.residual = bool(separator.residual)

@@ -11,6 +11,7 @@ import os
 import posixpath
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from umx_tune.errors import TrackingError, TrackingUnreachable, first_line
-from umx_tune.tracking import MODEL_ARTIFACT, MODEL_FLAVOR, filter_literal
+from umx_tune.tracking import MODEL_ARTIFACT, MODEL_FLAVOR, TAG_CREATE_TOKEN, filter_literal, tag_equals
 from umx_tune.tracking.retry import retried, unreachable
 
 __all__ = ["Client", "Experiment", "Run"]  # Experiment, Run: the entities callers read back
@@ -119,12 +120,27 @@ class Client:
     # runs
     def create_run(self, experiment_id: str, run_name: str | None, tags: Mapping[str, object]) -> Run:
         """A new RUNNING run, tagged as MLflow's fluent API would (user, source, git commit) and
-        with tags (mlflow.parentRunId among them nests it)."""
+        with tags (mlflow.parentRunId among them nests it).
+
+        Made once: the run carries a random token, and a repeat after a cut answer looks for the
+        run that token names before it creates one, so no orphan is left RUNNING.
+        """
         from mlflow.tracking.context.registry import resolve_tags
 
-        resolved = resolve_tags({key: str(value) for key, value in tags.items()})
-        doing = "to start the run"
-        return self._call(doing, self._mlflow.create_run, experiment_id, tags=resolved, run_name=run_name)
+        token = uuid.uuid4().hex
+        resolved = resolve_tags({**{key: str(value) for key, value in tags.items()}, TAG_CREATE_TOKEN: token})
+        attempted = False
+
+        def create() -> Run:
+            nonlocal attempted
+            if attempted:
+                made = self._mlflow.search_runs([experiment_id], tag_equals(TAG_CREATE_TOKEN, token))
+                if made:
+                    return made[0]
+            attempted = True
+            return self._mlflow.create_run(experiment_id, tags=resolved, run_name=run_name)
+
+        return self._call("to start the run", create)
 
     def get_run(self, run_id: str) -> Run:
         return self._call(f"to read run {run_id}", self._mlflow.get_run, run_id)

@@ -10,6 +10,11 @@ A call is tried again, after waits of 1, 2, 4 and 8 s, when a repeat can succeed
 - the call lost a check-then-insert race on the server: two workers logging the same dataset
   into one experiment at once both find it missing and both insert it; the loser's transaction
   is rolled back with a unique-constraint error, and its repeat finds the winner's row.
+
+Before a process's first call, the tracking server is asked once whether it answers at all
+(tracking.server.require_server): a server that is not there fails the command in seconds instead
+of after MLflow's minutes of retries. A server that answered once and then stops answering is
+waited for, at the start of each run, for up to OUTAGE_WAITS (tracking.server.check_server).
 """
 
 from __future__ import annotations
@@ -22,9 +27,15 @@ from typing import ParamSpec, TypeVar
 
 from mlflow.exceptions import MlflowException
 
+from umx_tune.tracking.server import require_server
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-ATTEMPTS = 5  # waits of 1, 2, 4, 8 s: a server that drops out for ~15 s loses nothing
+WAITS = (1, 2, 4, 8)  # seconds before each repeat: a server that drops out for ~15 s loses nothing
+ATTEMPTS = len(WAITS) + 1
+# a run's start waits this long for a server that answered before (a restart takes seconds; a
+# worker that gives up re-queues its trial and stops): about two minutes in all
+OUTAGE_WAITS = (*WAITS, *(15,) * 7)
 # how sqlite, PostgreSQL and MySQL word a unique-constraint violation (MLflow passes it on as BAD_REQUEST)
 _UNIQUE_VIOLATION = re.compile("UNIQUE constraint failed|UniqueViolation|duplicate key value|Duplicate entry")
 
@@ -52,20 +63,30 @@ def transient(err: MlflowException) -> bool:
     return _cut_midway(err) or _lost_insert_race(err)
 
 
+def unreachable(err: BaseException) -> bool:
+    """Whether err says the server could not be reached at all (MLflow's own retries spent on
+    refused connections or timeouts), rather than that it refused the call."""
+    import requests
+
+    cause = (err.__cause__ or err.__context__) if isinstance(err, MlflowException) else err
+    return isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout)
+
+
 def retried(call: Callable[_P, _R]) -> Callable[_P, _R]:
     """call, tried again on a transient error (up to ATTEMPTS in all). Only for calls that can
     safely run twice: the server may have done what a cut answer was about to confirm."""
 
     @wraps(call)
     def retrying(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        attempt = 1
+        require_server()
+        repeats = 0
         while True:
             try:
                 return call(*args, **kwargs)
             except MlflowException as err:
-                if attempt == ATTEMPTS or not transient(err):
+                if repeats == len(WAITS) or not transient(err):
                     raise
-                time.sleep(2 ** (attempt - 1))
-                attempt += 1
+                time.sleep(WAITS[repeats])
+                repeats += 1
 
     return retrying

@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 import umx_tune
 from umx_tune.config import TrainConfig
 from umx_tune.errors import first_line
+from umx_tune.signals import interruption
 from umx_tune.tracking import (
     DATASET_CONTEXT,
     DEFAULT_EXPERIMENT,
     ERROR_LIMIT,
     EVAL_SECONDS,
+    HEARTBEAT_INTERVAL,
     REALTIME_ARTIFACT_DIR,
     STATUS_FAILED,
     STATUS_FINISHED,
@@ -33,6 +35,7 @@ from umx_tune.tracking import (
     TAG_SIGNATURE,
     TAG_TORCH_VERSION,
     TAG_VERSION,
+    heartbeat,
     metric_name,
     realtime_values,
 )
@@ -85,6 +88,14 @@ class RunTracker:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._client.log(self.run_id, tags=tags)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params of a run that is no training (a composition's); a training run's are log_config's."""
+        self._client.log(self.run_id, params=params)
+
+    def register_model(self, model_uri: str, name: str) -> str:
+        """This run's model as a new version of registered model `name`; returns 'name/version'."""
+        return self._client.register_model(model_uri, name, self.run_id)
 
     def log_dataset(self, root: Path, digest: str, name: str) -> None:
         """The dataset as an MLflow input (context 'training') with its digest."""
@@ -153,9 +164,12 @@ class RunTracker:
 def _open_run(
     client: Client, experiment: str, run_name: str | None, run_id: str | None, tags: dict[str, str]
 ) -> Run:
-    """Reopen run_id (RUNNING again, tags added), or create a new run in the experiment."""
+    """Reopen run_id (RUNNING again, tags added), or create a new run in the experiment (ending
+    the experiment's runs whose process was killed first)."""
     if run_id is None:
-        return client.create_run(client.experiment_id(experiment), run_name, tags)
+        experiment_id = client.experiment_id(experiment)
+        heartbeat.reap_lost_runs(client, experiment_id)
+        return client.create_run(experiment_id, run_name, tags)
     client.reopen_run(run_id, run_name)
     if tags:
         client.log(run_id, tags=tags)
@@ -172,13 +186,16 @@ def start_run(
     tags: dict[str, str] | None = None,
     killed_on: tuple[type[BaseException], ...] = (),
     system_metrics: bool = False,
+    heartbeat_interval: int = HEARTBEAT_INTERVAL,
 ) -> Iterator[RunTracker]:
-    """Start (or, with run_id, reopen) a run; it ends FINISHED, FAILED on error, KILLED on Ctrl-C.
+    """Start (or, with run_id, reopen) a run; it ends FINISHED, FAILED on error, KILLED on Ctrl-C
+    or SIGTERM (umx_tune.signals), and beats its heartbeat while open (tracking.heartbeat).
 
     A parent_run_id nests the new run under it. Exceptions in killed_on also end it KILLED, their
     message as the error tag (a pruned trial). Inside `mlflow run` (MLFLOW_RUN_ID set) the
     project's run is used. With system_metrics, MLflow's system metrics are sampled into the run
-    while it is open (tracking.system).
+    while it is open (tracking.system). A server that answered this process before and is down
+    now (restarting) is waited for, for a bounded time (tracking.server.check_server).
     """
     check_server()
     client = Client()
@@ -186,10 +203,13 @@ def start_run(
     tags = {**(tags or {}), **({TAG_PARENT_RUN: parent_run_id} if parent_run_id else {})}
     tracker = RunTracker(client, _open_run(client, experiment, run_name, run_id, tags))
     try:
-        with monitor_system(tracker.run_id, enabled=system_metrics, resume=run_id is not None):
+        with (
+            heartbeat.beating(client, tracker.run_id, heartbeat_interval),
+            monitor_system(tracker.run_id, enabled=system_metrics, resume=run_id is not None),
+        ):
             yield tracker
-    except KeyboardInterrupt:
-        tracker.end(STATUS_KILLED, "interrupted")
+    except KeyboardInterrupt as err:
+        tracker.end(STATUS_KILLED, interruption(err))
         raise
     except killed_on as err:
         tracker.end(STATUS_KILLED, first_line(err))

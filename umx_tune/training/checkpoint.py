@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -98,13 +99,16 @@ def checkpoint_file(run_id: str, checkpoint_root: Path) -> Path:
         return local
     from umx_tune.tracking.artifacts import download_artifact  # MLflow: only when needed
 
-    local.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=local.parent) as tmp:
+    # downloaded elsewhere first: a run without a checkpoint leaves no empty folder behind
+    with tempfile.TemporaryDirectory(prefix="umx-tune-") as tmp:
         try:
             downloaded = download_artifact(run_id, f"{CHECKPOINT_ARTIFACT_DIR}/{CHECKPOINT_FILE}", Path(tmp))
         except TrackingError as err:
             raise ModelError(f"no checkpoint to resume run {run_id} in {local.parent}: {err}") from None
-        downloaded.replace(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_suffix(".tmp")  # the temporary folder may be on another file system
+        shutil.move(downloaded, partial)
+        partial.replace(local)
     return local
 
 
