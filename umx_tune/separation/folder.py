@@ -11,7 +11,10 @@ folder written by Open-Unmix's scripts/train.py need not say `max_bin` or `nb_la
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,32 @@ def write_model_folder(
         options.update(hidden_size=shape["hidden_size"], unidirectional=shape["unidirectional"])
         _write_json(folder / f"{target}.json", {ARGS_KEY: options, "max_bin": shape["max_bin"]})
         torch.save(state, folder / f"{target}.pth")
+
+
+def check_new_folder(out: Path) -> None:
+    """ModelError unless out is absent or an empty folder (what publish_model_folder writes to)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ModelError(f"{out} already exists and is not an empty folder; give a new one")
+
+
+def publish_model_folder(
+    separator: Separator, out: Path, args: Mapping[str, Mapping[str, Any]] | None = None
+) -> None:
+    """write_model_folder into a temporary folder beside out, renamed to out when complete: no
+    partial folder is ever mistaken for a model. out must be absent or empty (ModelError)."""
+    check_new_folder(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as err:
+        raise ModelError(f"cannot write {out}: {first_line(err)}") from None
+    try:
+        write_model_folder(separator, tmp, args)
+        os.replace(tmp, out)  # an empty out is replaced as a whole (rename(2) of a folder)
+    except OSError as err:
+        raise ModelError(f"cannot write {out}: {first_line(err)}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_model_folder(folder: Path, device: torch.device) -> Separator:
