@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import mlflow
 import requests
 from mlflow.entities import Experiment, Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
@@ -81,7 +82,12 @@ class Client:
     """MlflowClient for umx-tune, on the tracking URI current when it is made."""
 
     def __init__(self) -> None:
-        self._mlflow = MlflowClient()
+        try:
+            self._mlflow = MlflowClient()
+        except MlflowException as err:  # a tracking URI of no scheme MLflow knows (bogus://x)
+            raise TrackingError(
+                f"MLflow cannot use tracking URI {mlflow.get_tracking_uri()!r}: {first_line(err)}"
+            ) from None
 
     def _call(self, doing: str, call: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """call under the retry policy; its failure as a one-line TrackingError about `doing`."""
