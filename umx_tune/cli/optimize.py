@@ -7,6 +7,7 @@ passes each of its parameters on every call ("" where the user gave none).
 from __future__ import annotations
 
 import datetime
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,17 @@ def _names(registry: dict[str, Any]) -> str:
     help="seconds between heartbeats; a trial silent for 3 intervals is failed and queued again",
 )
 @click.option("--register-best", type=TEXT, metavar="NAME", help="register the best trial's model as NAME")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="audit study --study-name: print where MLflow and Optuna disagree (exit 1 if they do), then exit",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="make MLflow agree with Optuna for study --study-name (re-mirror runs, end orphan runs, queue "
+    "entries lost to tracking errors, rewrite the summary), then exit; safe while workers run",
+)
 @click.option("--experiment", type=TEXT, help="MLflow experiment [default: umx-tune]")
 @checkpoint_dir_option("per-trial checkpoints (one folder per run id)")
 @click.option(
@@ -121,6 +133,9 @@ def optimize(**kwargs: Any) -> None:
     from umx_tune.search import driver
 
     given = pop_config_values(kwargs)
+    if kwargs["check"] or kwargs["repair"]:
+        _audit(kwargs)
+        return
     base = TrainConfig.from_dict(given)
     if _show(kwargs, base):
         return
@@ -141,6 +156,18 @@ def optimize(**kwargs: Any) -> None:
         run_on_spark(request, options, kwargs["spark_master"], kwargs["spark_workers"])
         return
     driver.print_outcome(driver.optimize(request, options))
+
+
+def _audit(kwargs: dict[str, Any]) -> None:
+    """--check / --repair: the study audit (search/audit.py); exit 1 while anything disagrees."""
+    from umx_tune.search import audit
+
+    if not kwargs["study_name"]:
+        raise ConfigError("--check and --repair need the --study-name of the study to audit")
+    found = audit.open_audit(
+        kwargs["study_name"], kwargs["storage"], kwargs["heartbeat_interval"], kwargs["repair"]
+    )
+    sys.exit(audit.run(found, repair=kwargs["repair"]))  # click's Exit is returned, not raised, here
 
 
 def _show(kwargs: dict[str, Any], base: TrainConfig) -> bool:

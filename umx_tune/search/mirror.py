@@ -22,11 +22,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from umx_tune import tracking
 from umx_tune.errors import TrackingError
-from umx_tune.search.confirm import Confirmed
+from umx_tune.search.confirm import CONFIRMS_ATTR, Confirmed
 from umx_tune.search.importance import param_importances
 from umx_tune.search.importance import to_csv as importances_csv
 from umx_tune.search.objectives import Objective
-from umx_tune.search.settings import StudySettings
+from umx_tune.search.settings import REPLICATE_ATTR, StudySettings
 from umx_tune.search.study_plots import write_study_plots
 from umx_tune.tracking.client import Client
 from umx_tune.tracking.runs import artifact_tempdir, version_tags
@@ -35,6 +35,12 @@ from umx_tune.tracking.runs import artifact_tempdir, version_tags
 RUN_ID_ATTR = "mlflow_run_id"  # the trial's MLflow run
 MODEL_URI_ATTR = "model_uri"  # the model the trial's run logged
 RETRY_OF_ATTR = "retry_of"  # the number of the trial a requeued trial runs again
+# the MLflow status of a finished trial's run (a FAIL interrupted by Ctrl-C ends KILLED, too)
+RUN_STATUS = {
+    TrialState.COMPLETE: tracking.STATUS_FINISHED,
+    TrialState.PRUNED: tracking.STATUS_KILLED,
+    TrialState.FAIL: tracking.STATUS_FAILED,
+}
 
 
 def experiment_of(run_id: str) -> str:
@@ -84,7 +90,9 @@ def create_parent(settings: StudySettings, storage: str, adopt: str | None) -> s
     return run_id
 
 
-def trial_tags(settings: StudySettings, trial: optuna.Trial, entry: str | None) -> dict[str, str]:
+def trial_tags(
+    settings: StudySettings, trial: optuna.Trial | FrozenTrial, entry: str | None
+) -> dict[str, str]:
     """Tags a trial's run starts with."""
     tags = {
         tracking.TAG_STUDY: settings.name,
@@ -96,6 +104,11 @@ def trial_tags(settings: StudySettings, trial: optuna.Trial, entry: str | None) 
     retry_of = trial.user_attrs.get(RETRY_OF_ATTR)
     if retry_of is not None:
         tags[tracking.TAG_TRIAL_RETRY_OF] = str(retry_of)
+    confirms = trial.user_attrs.get(CONFIRMS_ATTR)
+    if entry is not None or confirms is not None:
+        tags[tracking.TAG_REPLICATE] = str(trial.user_attrs.get(REPLICATE_ATTR, 0))
+    if confirms is not None:
+        tags[tracking.TAG_CONFIRMS] = str(confirms)
     return tags
 
 
@@ -117,6 +130,48 @@ def record_trial_end(run_id: str, trial: FrozenTrial, reason: str | None = None)
     if trial.values is not None and all(math.isfinite(v) for v in trial.values):
         metrics = {tracking.trial_value_name(i): v for i, v in enumerate(trial.values)}
     Client().log(run_id, tags=tags, metrics=metrics)
+
+
+def mirror_finished(run_id: str, trial: FrozenTrial, reason: str | None) -> None:
+    """A finished trial's whole mirror written again on its run (the study audit's repair): its
+    params and distributions, state, values and reason, and the run's status."""
+    client = Client()
+    client.log(run_id, tags=trial_choices(trial))
+    record_trial_end(run_id, trial, reason)
+    client.end_run(run_id, RUN_STATUS[trial.state])
+
+
+def restore_trial_run(
+    experiment_id: str,
+    parent_run_id: str,
+    run_id: str | None,
+    name: str,
+    tags: dict[str, str],
+    params: dict[str, object],
+) -> str:
+    """The run of a finished trial that the study's parent lacks, back (the study audit's repair):
+    its run restored if it was deleted, or a new one where it has none (it failed before its run was
+    made, or its run is gone for good). Returns the run's id; mirror_finished writes the rest."""
+    client = Client()
+    tags = {**tags, tracking.TAG_PARENT_RUN: parent_run_id}
+    found = client.find_run(run_id) if run_id else None
+    if found is None:
+        run_id = client.create_run(experiment_id, name, tags).info.run_id
+        client.log(run_id, params=params)
+        return run_id
+    if found.info.lifecycle_stage == tracking.LIFECYCLE_DELETED:
+        client.restore_run(found.info.run_id)
+    client.log(found.info.run_id, tags=tags)
+    return found.info.run_id
+
+
+def end_orphan(run_id: str, reason: str) -> None:
+    """A trial run that mirrors no Optuna trial (a duplicate, or of a trial the study lacks) ends
+    FAILED, marked so that it counts for nothing and the audit knows it was seen."""
+    client = Client()
+    tags = {tracking.TAG_ORPHAN: reason, tracking.TAG_TRIAL_STATE: TrialState.FAIL.name}
+    client.log(run_id, tags=tags)
+    client.end_run(run_id, tracking.STATUS_FAILED)
 
 
 def mark_lost(trial: FrozenTrial, reason: str) -> None:

@@ -83,6 +83,8 @@ TAG_CONFIRMED_BEST = "umx_tune.confirmed_best"  # the parent's: the best config'
 TAG_TRIAL_PARAMS = "umx_tune.trial_params"  # JSON: the values Optuna chose or the grid entry fixed
 TAG_TRIAL_DISTRIBUTIONS = "umx_tune.trial_distributions"  # JSON: Optuna's distribution of each
 TAG_TRIAL_RETRY_OF = "umx_tune.trial_retry_of"  # number of the trial a lost worker left unfinished
+# a trial run the study audit found mirroring no Optuna trial (a duplicate, or of no trial): why
+TAG_ORPHAN = "umx_tune.orphan"
 TAG_PRUNED_EPOCH = "umx_tune.pruned_epoch"
 TAG_STUDY_MODE = "umx_tune.study_mode"  # grid or search
 TAG_STUDY_PLAN = "umx_tune.study_plan"  # the grid or space name (or file)
@@ -117,6 +119,7 @@ STATUS_RUNNING = "RUNNING"
 STATUS_FINISHED = "FINISHED"
 STATUS_FAILED = "FAILED"
 STATUS_KILLED = "KILLED"
+LIFECYCLE_DELETED = "deleted"  # a deleted run's lifecycle stage (MLflow keeps it until gc)
 # MLflow's own tags: the UI shows these as the run name, the nesting and the run's description
 TAG_RUN_NAME = "mlflow.runName"
 TAG_PARENT_RUN = "mlflow.parentRunId"
