@@ -75,7 +75,7 @@ def test_corrupt_wav_is_named(tiny_config: TrainConfig, synth_root: Path, tmp_pa
     root = _copy_dataset(synth_root, tmp_path)
     victim = root / "train" / "synth-train-001" / "vocals.wav"
     victim.write_bytes(b"RIFF\x00\x00garbage" * 10)
-    with pytest.raises(DatasetError, match=r"corrupt or unreadable WAV .*synth-train-001/vocals\.wav"):
+    with pytest.raises(DatasetError, match=r"corrupt or unreadable audio file .*synth-train-001/vocals\.wav"):
         open_dataset(tiny_config.replace(root=str(root), is_wav=True))
 
 

@@ -11,8 +11,10 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import PurePath
 from typing import Any
 
 from umx_tune.errors import ConfigError
@@ -21,6 +23,36 @@ SAMPLE_RATE = 44100
 TARGETS = ("vocals", "drums", "bass", "other")
 DEVICES = ("auto", "cpu", "cuda")
 EVALUATORS = ("fast", "museval")
+# dataset types: the generated default, MUSDB18 folders and Open-Unmix's folder datasets (openunmix/data.py)
+DATASETS = ("synthetic", "musdb", "aligned", "sourcefolder", "trackfolder_fix", "trackfolder_var")
+# each type's own options, as Open-Unmix's load_datasets adds them; another type refuses them
+DATASET_OPTIONS: dict[str, tuple[str, ...]] = {
+    "synthetic": (),
+    "musdb": ("is_wav",),
+    "aligned": ("input_file", "output_file"),
+    "sourcefolder": ("target_dir", "interferer_dirs", "ext", "nb_train_samples", "nb_valid_samples"),
+    "trackfolder_fix": ("target_file", "interferer_files", "random_track_mix"),
+    "trackfolder_var": ("target_file", "ext", "random_interferer_mix", "silence_missing"),
+}
+# the options Open-Unmix has no default for; the first names the target's file or folder
+DATASET_REQUIRED: dict[str, tuple[str, ...]] = {
+    "aligned": ("output_file", "input_file"),
+    "sourcefolder": ("target_dir", "interferer_dirs"),
+    "trackfolder_fix": ("target_file", "interferer_files"),
+    "trackfolder_var": ("target_file",),
+}
+# what selects and reads a dataset (`umx-tune evaluate` takes these too)
+DATASET_PARAMS = (
+    "dataset",
+    "root",
+    *dict.fromkeys(name for names in DATASET_OPTIONS.values() for name in names),
+    "synth_tracks",
+    "synth_duration",
+    "synth_seed",
+)
+# Open-Unmix's source augmentations (openunmix/data.py _augment_*), applied to each training source
+AUGMENTATIONS = ("gain", "channelswap")
+NO_AUGMENTATIONS = "none"
 # weights of the streaming network (streaming_net): float32, or float16 (CPU) for half the bytes a frame reads
 STREAM_PRECISIONS = ("float32", "float16")
 
@@ -84,8 +116,29 @@ class TrainConfig:
     nb_channels: int = _param(2, "audio channels the model takes (1 = mono, 2 = stereo)", low=1, high=2)
     seed: int = _param(42, "random seed", low=0)
     device: str = _param("auto", "device to train on", choices=DEVICES)
-    root: str = _param("", "MUSDB18 folder; empty = the synthetic dataset")
-    is_wav: bool = _param(False, "the MUSDB18 folder holds WAV files (MUSDB18-HQ layout)")
+    dataset: str = _param(
+        "synthetic",
+        "dataset type: the generated one, musdb, or Open-Unmix's folder types (README: Data)",
+        choices=DATASETS,
+    )
+    # a root with the default dataset means musdb, as before dataset types (and as in Open-Unmix)
+    root: str = _param("", "dataset folder (every type but synthetic; alone it means musdb)")
+    is_wav: bool = _param(False, "musdb: the folder holds WAV files (MUSDB18-HQ layout)")
+    input_file: str = _param("", "aligned: the input file in each track folder (a glob), e.g. mixture.wav")
+    output_file: str = _param("", "aligned: the output file in each track folder (a glob), e.g. vocals.wav")
+    target_dir: str = _param("", "sourcefolder: the target's folder in each split, e.g. vocals")
+    interferer_dirs: str = _param("", "sourcefolder: the interferers' folders (comma or space list)")
+    ext: str = _param(".wav", "sourcefolder, trackfolder_var: the audio files' extension")
+    nb_train_samples: int = _param(1000, "sourcefolder: training mixtures per epoch", low=1)
+    nb_valid_samples: int = _param(100, "sourcefolder: validation mixtures", low=1)
+    target_file: str = _param("", "trackfolder_fix, trackfolder_var: the target's file, e.g. vocals.wav")
+    interferer_files: str = _param("", "trackfolder_fix: the interferers' files (comma or space list)")
+    random_track_mix: bool = _param(False, "trackfolder_fix: each interferer from a random track")
+    random_interferer_mix: bool = _param(False, "trackfolder_var: the interferers from a random track")
+    silence_missing: bool = _param(False, "trackfolder_var: a track without the target file has a silent one")
+    source_augmentations: str = _param(
+        "gain,channelswap", "training sources' augmentations: gain, channelswap (comma or space list) or none"
+    )
     synth_tracks: int = _param(
         6, "synthetic dataset: training tracks (validation and test add a quarter each)", low=2
     )
@@ -104,6 +157,8 @@ class TrainConfig:
     system_metrics: bool = _param(True, "log MLflow's system metrics (--no-system-metrics: none)")
 
     def __post_init__(self) -> None:
+        if self.root and self.dataset == "synthetic":
+            object.__setattr__(self, "dataset", "musdb")  # frozen; the param then says what is read
         for f in fields(self):
             _check_field(f, getattr(self, f.name))
         _check_relations(self)
@@ -223,8 +278,51 @@ def _check_relations(cfg: TrainConfig) -> None:
     nyquist = SAMPLE_RATE / 2
     if cfg.bandwidth > nyquist:
         raise ConfigError(f"bandwidth={cfg.bandwidth:g} Hz is above Nyquist; must be <= {nyquist:g} Hz")
-    if not cfg.root and cfg.seq_dur > cfg.synth_duration:
+    if cfg.dataset == "synthetic" and cfg.seq_dur > cfg.synth_duration:
         raise ConfigError(
             f"seq_dur={cfg.seq_dur:g} s is longer than the synthetic tracks; "
             f"must be <= synth_duration={cfg.synth_duration:g} s"
         )
+    _check_dataset(cfg)
+    augmentations(cfg.source_augmentations)
+
+
+def list_param(value: str) -> tuple[str, ...]:
+    """A list parameter's items: Open-Unmix takes `--interferer-dirs bass drums`, umx-tune one string,
+    'bass drums' or 'bass,drums'."""
+    return tuple(item for item in re.split(r"[,\s]+", value) if item)
+
+
+def augmentations(value: str) -> frozenset[str]:
+    """The augmentations a source_augmentations value names (none: the empty set)."""
+    names = list_param(value)
+    if names == (NO_AUGMENTATIONS,):
+        return frozenset()
+    if not names or not set(names) <= set(AUGMENTATIONS):
+        allowed = ", ".join(AUGMENTATIONS)
+        raise ConfigError(f"source_augmentations={value!r} is not allowed; a list of {allowed}, or none")
+    return frozenset(names)
+
+
+def _check_dataset(cfg: TrainConfig) -> None:
+    """The dataset type's root and required options given, no other type's option, and the target
+    they name (Open-Unmix's target is the target file's or folder's stem) the config's target."""
+    kind, own = cfg.dataset, DATASET_OPTIONS[cfg.dataset]
+    if kind != "synthetic" and not cfg.root:
+        raise ConfigError(f"dataset={kind} needs root, the dataset folder")
+    for f in param_fields():
+        users = [name for name, options in DATASET_OPTIONS.items() if f.name in options]
+        if users and f.name not in own and getattr(cfg, f.name) != f.default:
+            types = ", ".join(users)
+            raise ConfigError(f"{f.name} is an option of dataset {types}; dataset={kind} does not take it")
+    required = DATASET_REQUIRED.get(kind, ())
+    for name in required:
+        if not list_param(getattr(cfg, name)):
+            raise ConfigError(f"dataset={kind} needs {name}")
+    if required:
+        option, value = required[0], getattr(cfg, required[0])
+        named = PurePath(value).stem
+        if named in TARGETS and named != cfg.target:
+            raise ConfigError(f"{option}={value!r} names the {named} target, but target={cfg.target!r}")
+    if not cfg.ext.startswith("."):
+        raise ConfigError(f"ext={cfg.ext!r} must start with a dot, e.g. .wav")

@@ -14,7 +14,7 @@ from umx_tune.cli.options import (
     config_options,
     pop_config_values,
 )
-from umx_tune.config import TrainConfig
+from umx_tune.config import DATASET_PARAMS, TrainConfig
 
 
 @click.command()
@@ -25,7 +25,7 @@ from umx_tune.config import TrainConfig
 )
 @config_options(
     only=(
-        *("target", "root", "is_wav", "synth_tracks", "synth_duration", "synth_seed", "evaluator", "device"),
+        *("target", *DATASET_PARAMS, "evaluator", "device"),
         *("listen_track", "listen_seconds", "audio"),
         "system_metrics",
     )
@@ -70,7 +70,7 @@ def evaluate(
         loaded = load_model(model_ref, device, trust_model=trust_model)
         separator, source = loaded.separator, loaded.source
     target = next(iter(separator.target_models))
-    data = open_dataset(config, progress=not quiet)
+    data = open_dataset(config.replace(target=target), progress=not quiet)  # its target's files
     # of the model's own target; an unknown listen_track fails before the run starts
     excerpt = listen.choose(data.test, config.replace(target=target))
     name = run_name or f"evaluate {source}"
