@@ -7,6 +7,7 @@ fails as one line on a shape that does not fit."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -19,11 +20,13 @@ from openunmix.model import OpenUnmix, Separator
 
 from umx_tune import tracking
 from umx_tune.config import SAMPLE_RATE, TrainConfig
+from umx_tune.errors import ModelError
 from umx_tune.separation.folder import read_model_folder, write_model_folder
 from umx_tune.separation.model import build_separator, build_unmix
 from umx_tune.tracking.client import Client
 from umx_tune.tracking.models import load_separator
 from umx_tune.tracking.runs import start_run
+from umx_tune.training.trainer import init_weights
 
 CPU = torch.device("cpu")
 CONFIG = TrainConfig.from_dict({**TINY, "device": "cpu"})
@@ -192,3 +195,59 @@ def test_separate_reads_a_folder_openunmix_wrote_as_openunmix_separates_it(
         ours = sf.read(tmp_path / "out" / f"song_{label}.wav", dtype="float32")[0].T
         np.testing.assert_allclose(ours, expected[k].numpy(), atol=1e-5 * float(expected[k].abs().max()))
     assert read_model_folder(folder, CPU).target_models["vocals"].nb_bins == 372
+
+
+TRAIN = ["train", "--quiet", "--no-audio", "--no-system-metrics", "--device", "cpu", "--lr", "0.01"]
+TINY_ARGS = [arg for name, value in TINY.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+
+
+def train(capsys: pytest.CaptureFixture[str], experiment: str, *args: str) -> mlflow.entities.Run:
+    """`umx-tune train` of the TINY config (lr 0.01) and args; the run it logged."""
+    result = run_main(capsys, *TRAIN, *TINY_ARGS, "--experiment", experiment, *args)
+    assert result.returncode == 0, result.stderr
+    (run_id,) = re.findall(r"^run ([0-9a-f]{32}) finished", result.stdout, re.MULTILINE)
+    return mlflow.MlflowClient().get_run(run_id)
+
+
+def first_valid_loss(run: mlflow.entities.Run) -> float:
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, tracking.VALID_LOSS)
+    return min(history, key=lambda m: m.step).value
+
+
+def test_fine_tuning_starts_from_a_lower_validation_loss_than_from_scratch(
+    tracking_uri: str, synth_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scratch = train(capsys, "test-models-finetune", "--epochs", "3")
+    uri = f"runs:/{scratch.info.run_id}/model"
+    tuned = train(capsys, "test-models-finetune", "--epochs", "1", "--init-model", uri)
+    assert first_valid_loss(tuned) < first_valid_loss(scratch)
+    tags = tuned.data.tags
+    assert (tags[tracking.TAG_INIT_MODEL], tags[tracking.TAG_INIT_RUN]) == (uri, scratch.info.run_id)
+    assert tuned.data.params["init_model"] == uri
+    assert tags[tracking.TAG_SIGNATURE] != scratch.data.tags[tracking.TAG_SIGNATURE]
+
+
+def test_an_init_model_of_another_shape_is_one_line_and_leaves_no_running_run(
+    tracking_uri: str, synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "init"
+    write_model_folder(build_separator(CONFIG, tiny_unmix(6)), folder)
+    experiment = "test-models-init-shape"
+    args = ("--experiment", experiment, "--hidden-size", "32", "--init-model", str(folder))
+    result = run_main(capsys, *TRAIN, *TINY_ARGS, *args)
+    assert_one_line_error(result, str(folder), "hidden_size 16 (model) vs 32 (config)")
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FAILED"
+    separator = load_separator(str(folder), CPU)
+    for changes, words in (
+        ({"nfft": 2048, "nhop": 512}, "nfft 1024 (model) vs 2048 (config); nhop 256 (model) vs 512 (config)"),
+        ({"nb_channels": 1}, "nb_channels 2 (model) vs 1 (config)"),
+        ({"bandwidth": 8000.0}, "max_bin 372 (model) vs 186 (config, bandwidth 8000 Hz)"),
+        ({"unidirectional": True}, "unidirectional False (model) vs True (config)"),
+        ({"target": "drums"}, "has no drums network (it has vocals)"),
+    ):
+        with pytest.raises(ModelError, match=re.escape(words)):
+            init_weights(separator, CONFIG.replace(**changes), str(folder))
+    weights = init_weights(separator, CONFIG, str(folder))
+    assert weights.keys() == separator.target_models["vocals"].state_dict().keys()

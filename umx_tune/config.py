@@ -107,6 +107,10 @@ class TrainConfig:
     lr_decay_patience: int = _param(80, "epochs without improvement before the lr is decayed", low=0)
     lr_decay_gamma: float = _param(0.3, "lr decay factor", low=0.0, high=1.0, low_open=True)
     patience: int = _param(140, "early stopping: epochs without validation improvement", low=1)
+    # fine-tuning: the target's weights and input statistics come from this model, not from scratch
+    init_model: str = _param(
+        "", "start from this model's weights: a run id, runs:/…, models:/… or an Open-Unmix folder"
+    )
     unidirectional: bool = _param(False, "causal (unidirectional) LSTM, for real-time use")
     bandwidth: float = _param(
         16000.0, "model bandwidth in Hz; higher bins pass through", low=0.0, low_open=True

@@ -26,8 +26,8 @@ from umx_tune.report.plots import loss_curve_png, spectrograms_png
 from umx_tune.separation import speed
 from umx_tune.separation.model import build_separator, resolve_device
 from umx_tune.tracking.runs import RunTracker, artifact_tempdir
-from umx_tune.training.checkpoint import TrainState, run_checkpoint_dir
-from umx_tune.training.trainer import EpochCallback, EpochResult, Trainer
+from umx_tune.training.checkpoint import StateDict, TrainState, run_checkpoint_dir
+from umx_tune.training.trainer import EpochCallback, EpochResult, Trainer, init_weights
 
 
 @dataclass
@@ -75,7 +75,8 @@ def run_experiment(
         if on_epoch is not None:
             on_epoch(result)
 
-    training = trainer.fit(after_epoch, resume=resume)
+    init = _init_weights(config, tracker) if config.init_model and not resume else None
+    training = trainer.fit(after_epoch, resume=resume, init=init)
     _log_training(tracker, training.state)
     separator = build_separator(config, training.unmix.to(device))
     protocol = protocol_for(config, data.digest(splits=("test",)))
@@ -87,6 +88,17 @@ def run_experiment(
     tracker.log_artifact(trainer.checkpoint_path, tracking.CHECKPOINT_ARTIFACT_DIR)
     model_uri = tracker.log_model(separator.cpu(), {config.target: config.to_params()})
     return ExperimentResult(tracker.run_id, config, training.state, evaluation, model_uri, measurement)
+
+
+def _init_weights(config: TrainConfig, tracker: RunTracker) -> StateDict:
+    """The weights of the model config.init_model names, checked against config; the run is tagged
+    with that model and the run that logged it."""
+    from umx_tune.tracking.models import init_tags, load_model
+
+    loaded = load_model(config.init_model, torch.device("cpu"))
+    weights = init_weights(loaded.separator, config, loaded.source)
+    tracker.set_tags(init_tags(loaded.source))
+    return weights
 
 
 def _epoch_metrics(result: EpochResult) -> dict[str, float]:

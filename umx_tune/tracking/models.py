@@ -20,7 +20,7 @@ from openunmix.model import Separator
 
 from umx_tune.errors import ModelError, first_line
 from umx_tune.separation.folder import is_model_folder, read_model_folder, read_target_args
-from umx_tune.tracking import run_model_uri
+from umx_tune.tracking import TAG_INIT_MODEL, TAG_INIT_RUN, run_model_uri
 from umx_tune.tracking.retry import retried
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -87,7 +87,8 @@ def _open(folder: Path, source: str, device: torch.device, trust_model: bool) ->
     if not trust_model:
         raise ModelError(
             f"model {source!r} is a pickle (MLflow's pytorch flavor), which runs any code it holds "
-            f"when loaded; pass {TRUST_FLAG} to load it if you trust whoever logged it"
+            f"when loaded; pass {TRUST_FLAG} to load it if you trust whoever logged it (`umx-tune "
+            f"export MODEL {TRUST_FLAG} --out DIR` converts it once)"
         )
     return LoadedModel(_load_pickled(folder, source, device), source)
 
@@ -113,6 +114,14 @@ def _load_pickled(folder: Path, source: str, device: torch.device) -> Separator:
     if not isinstance(model, Separator):
         raise ModelError(f"model {source!r} is a {type(model).__name__}, not an Open-Unmix Separator")
     return model.to(device).eval()
+
+
+def init_tags(source: str) -> dict[str, str]:
+    """The tags of a run fine-tuned from source (a LoadedModel's): the model, and the run that
+    logged it where source is a model URI rather than a folder."""
+    if not _URI.match(source):
+        return {TAG_INIT_MODEL: source}
+    return {TAG_INIT_MODEL: source, TAG_INIT_RUN: model_run_id(source)}
 
 
 def model_run_id(uri: str) -> str:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from umx_tune.config import TrainConfig
 from umx_tune.data.dataset import DatasetSplits, FullTracks, TrainChunks
 from umx_tune.errors import ModelError, UmxTuneError
+from umx_tune.separation.folder import unmix_shape
 from umx_tune.separation.model import build_encoder, build_unmix
 from umx_tune.training.checkpoint import (
     CHECKPOINT_FILE,
@@ -107,14 +108,16 @@ class Trainer:
         self.valid_set = FullTracks(data.valid, config.target)
         self.encoder = build_encoder(config).to(device)
 
-    def fit(self, on_epoch: EpochCallback | None = None, resume: bool = False) -> TrainingResult:
-        """Train until config.epochs or early stopping; resume continues from the last checkpoint."""
+    def fit(
+        self, on_epoch: EpochCallback | None = None, resume: bool = False, init: StateDict | None = None
+    ) -> TrainingResult:
+        """Train until config.epochs or early stopping; resume continues from the last checkpoint;
+        init (fine-tuning, see init_weights) are the weights and input statistics to start from."""
         torch.manual_seed(self.config.seed)
         if resume:
             unmix, optimizer, scheduler, state, best = self._resume()
         else:
-            mean, scale = compute_statistics(self.config, self.data, self.progress)
-            unmix = build_unmix(self.config, mean, scale).to(self.device)
+            unmix = self._fresh(init)
             optimizer, scheduler = self.make_optimizer(unmix)
             state, best = TrainState(), copy.deepcopy(unmix.state_dict())
         while state.epoch < self.config.epochs:
@@ -137,6 +140,16 @@ class Trainer:
                 break
         unmix.load_state_dict(best)
         return TrainingResult(unmix=unmix.cpu().eval(), state=state)
+
+    def _fresh(self, init: StateDict | None) -> umx_model.OpenUnmix:
+        """A new network: init's weights and statistics, else the training set's statistics."""
+        if init is not None:
+            unmix = build_unmix(self.config)
+            unmix.load_state_dict(init)
+        else:
+            mean, scale = compute_statistics(self.config, self.data, self.progress)
+            unmix = build_unmix(self.config, mean, scale)
+        return unmix.to(self.device)
 
     def make_optimizer(self, unmix: torch.nn.Module) -> tuple[torch.optim.Optimizer, Scheduler]:
         cfg = self.config
@@ -243,3 +256,26 @@ class Trainer:
         scheduler.load_state_dict(checkpoint.scheduler)
         torch.set_rng_state(checkpoint.torch_rng)
         return unmix, optimizer, scheduler, checkpoint.state, checkpoint.best_model
+
+
+def init_weights(separator: umx_model.Separator, config: TrainConfig, source: str) -> StateDict:
+    """The weights and input statistics of config.target's network in separator (the model
+    `--init-model` names, source), to fine-tune; ModelError naming both values of each shape
+    parameter where the network is not the one config builds."""
+    if config.target not in separator.target_models:
+        networks = ", ".join(separator.target_models)
+        raise ModelError(f"--init-model {source} has no {config.target} network (it has {networks})")
+    state = separator.target_models[config.target].state_dict()
+    stft = separator.stft
+    model = {**unmix_shape(state), "nfft": int(stft.n_fft), "nhop": int(stft.n_hop)}
+    with torch.device("meta"):  # the shape config builds, without allocating it
+        wanted = {**unmix_shape(build_unmix(config).state_dict()), "nfft": config.nfft, "nhop": config.nhop}
+    note = {"max_bin": f", bandwidth {config.bandwidth:g} Hz"}  # where max_bin comes from
+    differences = [
+        f"{key} {model[key]} (model) vs {wanted[key]} (config{note.get(key, '')})"
+        for key in model
+        if key != "nb_bins" and model[key] != wanted[key]  # nb_bins differ where nfft does
+    ]
+    if differences:
+        raise ModelError(f"--init-model {source} does not fit the config: {'; '.join(differences)}")
+    return {key: value.detach().clone() for key, value in state.items()}
