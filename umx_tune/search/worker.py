@@ -107,8 +107,10 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
         requeue(study, ctx.storage.get_trial(trial._trial_id))
         raise
     except TrackingUnreachable as lost:
-        _give_back(ctx, study, trial, lost)
-        raise
+        _give_back(study, trial, lost)
+        raise TrackingUnreachable(
+            f"{lost} ({progress.named(trial)} is queued again; the same command resumes the study)"
+        ) from None
     except Exception as err:  # the trial failed; the study goes on
         state, told, reason = TrialState.FAIL, None, f"{type(err).__name__}: {first_line(err)}"
         if not isinstance(err, UmxTuneError):  # not a user error: the traceback helps find the bug
@@ -120,7 +122,7 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
     return frozen.state.name
 
 
-def _give_back(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, err: TrackingUnreachable) -> None:
+def _give_back(study: optuna.Study, trial: optuna.Trial, err: TrackingUnreachable) -> None:
     """A trial that could not reach MLflow (down for longer than a run's start waits): failed, and
     queued again without counting as a retry, for this or another worker to run once it answers.
 
@@ -134,7 +136,6 @@ def _give_back(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, err:
     except (UpdateFinishedTrialError, ValueError):
         return  # failed as stale by another worker, which has queued it again
     requeue(study, frozen, counted=False)
-    print(f"{ctx.settings.name}: {progress.named(frozen)} queued again: {reason}", file=sys.stderr)
 
 
 def _finish(
