@@ -7,8 +7,13 @@ cores divided by the umx-tune processes running) and, for contrast, with every w
 cores (`--threads <cores>`, what every process did before the rule). The figure is the grid's
 wall time from the first worker's start to the last one's end.
 
+Then the load-robust timings: one shape trained by `umx-tune train --threads 1` alone, and again
+beside a competing `umx-tune train` on all cores; its compute measures (`rtf_compute`,
+`train_compute_seconds`) should agree within 20% where its wall times (`rtf`, `train_seconds`) need not.
+
 Targets (issue 16): 2 workers on 2 cores finish in at most 0.75 of one worker's time; 3 workers are
-never slower than 2. Run it on a quiet machine: anything else running shares the same cores.
+never slower than 2; compute measures within 20% under load. Run it on a quiet machine: anything
+else running shares the same cores.
 
     .venv/bin/python benchmarks/study_throughput.py --out benchmarks/study_throughput.json
 """
@@ -69,6 +74,50 @@ def run_grid(root: Path, uri: str, workers: int, threads: int | None, tag: str) 
     }
 
 
+COMPARED = {
+    "rtf_compute": "rtf",
+    "train_compute_seconds": "train_seconds",
+}
+
+
+def train_metrics(uri: str, name: str, extra: list[str]) -> dict[str, float]:
+    """`umx-tune train` of the benchmark's shape on one thread; the metrics its run logged."""
+    import mlflow
+
+    argv = [str(BIN / "umx-tune"), "train", "--quiet", "--run-name", name, "--threads", "1", *BASE, *extra]
+    subprocess.run(argv, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True, capture_output=True)
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], f"attributes.run_name = '{name}'"
+    )
+    return dict(runs[0].data.metrics)
+
+
+def load_robustness(uri: str) -> dict[str, Any]:
+    """The same shape measured alone and beside a competing training process on all cores."""
+    shape = ["--hidden-size", "128", "--epochs", "3", "--samples-per-track", "16"]
+    alone = train_metrics(uri, "alone", shape)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, cores.THREADS_ENV: str(cores.machine_cores())}
+    competing = [str(BIN / "umx-tune"), "train", "--quiet", "--run-name", "competing", *BASE]
+    competing += ["--hidden-size", "512", "--epochs", "50", "--samples-per-track", "32"]
+    rival = subprocess.Popen(competing, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(30)  # past its data set-up, training on every core
+        beside = train_metrics(uri, "beside", shape)
+        load = os.getloadavg()[0]
+    finally:
+        rival.kill()
+        rival.wait()
+    ratios = {name: round(beside[name] / alone[name], 3) for pair in COMPARED.items() for name in pair}
+    return {
+        "alone": {name: round(alone[name], 4) for pair in COMPARED.items() for name in pair},
+        "beside_competitor": {name: round(beside[name], 4) for pair in COMPARED.items() for name in pair},
+        "ratio_beside_over_alone": ratios,
+        "load_average_beside": round(load, 2),
+        "target": "compute measures' ratios within 0.8 to 1.2",
+    }
+
+
 def warm_cache() -> None:
     """Build the synthetic dataset once (in UMX_TUNE_CACHE), so that no timed grid pays for it."""
     from umx_tune.data.synth.lifecycle import ensure_synth_dataset
@@ -80,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--no-load-test", action="store_true", help="leave out the load-robustness part")
     args = parser.parse_args()
     machine = cores.machine_cores()
     results = []
@@ -95,6 +145,7 @@ def main() -> None:
                     tag = f"w{workers}-{'default' if mode is None else 'all'}"
                     results.append(run_grid(root, uri, workers, mode, tag))
                     print(json.dumps(results[-1]), file=sys.stderr)
+            robust = load_robustness(uri) if not args.no_load_test else None
         finally:
             server.terminate()
             server.wait()
@@ -108,6 +159,7 @@ def main() -> None:
             "three_over_two": round(default[3] / default[2], 3) if {2, 3} <= default.keys() else None,
         },
         "targets": {"two_over_one": "<= 0.75", "three_over_two": "<= 1.0"},
+        "load_robust_timings": robust,
     }
     text = json.dumps(report, indent=2)
     print(text)

@@ -171,7 +171,7 @@ def test_streaming_metrics_name_a_precision_other_than_float32() -> None:
     for precision, name in (("float32", "rtf_streaming_cpu_1t"), ("float16", "rtf_streaming_float16_cpu_1t")):
         m = speed.measure(separator, [clip], torch.device("cpu"), threads=1, precision=precision)
         metrics, _ = tracking.realtime_values(m, "_cpu_1t")
-        assert set(metrics) == {"rtf_cpu_1t", name, "latency_ms_cpu_1t"} | {
+        assert set(metrics) == {"rtf_cpu_1t", "rtf_compute_cpu_1t", name, "latency_ms_cpu_1t"} | {
             name.replace("rtf_streaming", quantile) for quantile in ("block_ms_median", "block_ms_p99")
         }
 

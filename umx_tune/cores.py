@@ -58,6 +58,11 @@ def _cgroup_quota() -> int | None:
     return math.ceil(int(limit) / int(period))
 
 
+def load_per_core() -> float:
+    """The machine's 1-minute load average divided by the cores this process may use."""
+    return os.getloadavg()[0] / machine_cores()
+
+
 def share_for(threads: int, nb_workers: int) -> Share:
     """The share of a run asking for `threads` (0 = decide) and `nb_workers` DataLoader workers,
     which are capped at the share (more loading processes than cores only fight the training)."""

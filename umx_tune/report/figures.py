@@ -52,7 +52,7 @@ def write_plots(report: Report, folder: Path) -> list[Path]:
     speed = {
         r.name: (rtf, sdr, bool(r.params.get("unidirectional", False)))
         for r in (c.row for c in shown)
-        if (rtf := r.metric(tracking.REALTIME_FACTOR)) is not None and (sdr := r.metric("SDR")) is not None
+        if (rtf := r.rtf) is not None and (sdr := r.metric("SDR")) is not None
     }
     if speed:
         written.append(

@@ -159,7 +159,7 @@ def _speed(c: Comparison) -> str:
     """Unidirectional vs bidirectional: the real-time factors the two configs logged."""
     parts = []
     for config in (c.a, c.b):
-        rtf = config.row.metric(tracking.REALTIME_FACTOR)
+        rtf = config.row.rtf
         stream = config.row.metric(tracking.REALTIME_FACTOR_STREAMING)
         if rtf is not None:
             text = f"{config.name}: rtf {rtf:.3g}"

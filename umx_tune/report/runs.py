@@ -38,6 +38,7 @@ class RunRow:
     confirms: int | None = None  # --confirm-best: the search trial whose config this run re-runs
     # the target's per-track scores {track: {metric: dB}}, empty when the run records none
     track_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    loaded: bool = False  # measured while the machine was busy with more (TAG_LOADED_MACHINE)
     protocol: Protocol | None = None  # how it was scored; None for runs scored before it was recorded
     excerpt: Excerpt | None = None  # the excerpt its audio/ artifacts hold; None: it logged none
 
@@ -45,10 +46,19 @@ class RunRow:
         return self.metrics.get(name)
 
     @property
+    def rtf(self) -> float | None:
+        """The real-time factor a study compares (load-robust: rtf_compute); plain rtf for runs
+        logged before rtf_compute was."""
+        return self.metrics.get(tracking.REALTIME_FACTOR_COMPUTE, self.metrics.get(tracking.REALTIME_FACTOR))
+
+    @property
     def train_seconds(self) -> float | None:
-        """Total training time; for a run stopped early (pruned, killed), the epochs it finished."""
-        if tracking.TRAIN_SECONDS in self.metrics:
-            return self.metrics[tracking.TRAIN_SECONDS]
+        """Training cost as a study compares it: its compute seconds (CPU core-seconds on a CPU, robust
+        to other processes; wall seconds on a GPU); for runs logged before those were, the wall time;
+        for a run stopped early (pruned, killed), the epochs it finished (wall time)."""
+        for name in (tracking.TRAIN_COMPUTE_SECONDS, tracking.TRAIN_SECONDS):
+            if name in self.metrics:
+                return self.metrics[name]
         epochs = self.curves.get(tracking.EPOCH_SECONDS)
         return sum(v for _, v in epochs) if epochs else None
 
@@ -127,6 +137,7 @@ def run_row(client: Client, run: Run) -> RunRow:
         track_scores=_track_scores(tags.get(tracking.TAG_TRACK_SCORES)),
         protocol=Protocol.from_tags(tags, tracking.TAG_PROTOCOL, tracking.TAG_PROTOCOL_SUMMARY),
         excerpt=Excerpt.from_tag(tags.get(tracking.TAG_LISTEN_EXCERPT)),
+        loaded=tags.get(tracking.TAG_LOADED_MACHINE) == "true",
     )
 
 

@@ -30,6 +30,12 @@ def hms(seconds: float) -> str:
 
 MISSING = "—"
 MISSING_NOTE = f"{MISSING} = not in MLflow (run unfinished, failed or pruned)"
+# what the cost columns are: measures other processes on the machine barely change
+COST_NOTE = (
+    "training compute = CPU core-seconds of training on a CPU (wall time on a GPU); "
+    "rtf = CPU time of one thread separating / audio duration (wall time on a GPU)"
+)
+LOADED_NOTE = "load average above 1.5 per core: their compute times hold, wall times do not"
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,7 @@ TRAINING_COLUMNS: tuple[Column, ...] = (
         metric=tracking.VALID_LOSS,
     ),
     Column(
-        "train_seconds", "training time", lambda row: row.train_seconds, hms, metric=tracking.TRAIN_SECONDS
+        "train_seconds", "training compute", lambda row: row.train_seconds, hms, metric=tracking.TRAIN_SECONDS
     ),
     Column("state", "state", lambda row: row.state, left=True),
 )
@@ -95,7 +101,7 @@ SCORE_COLUMNS: tuple[Column, ...] = (
     NAME_COLUMN,
     *(_score_column(m) for m in tracking.SEPARATION_METRICS),
     _score_column(tracking.GLOBAL_SDR, optional=True),  # runs scored before it was logged have none
-    _score_column(tracking.REALTIME_FACTOR, ".3g", optional=True),
+    Column("rtf", "rtf", lambda row: row.rtf, _number(".3g"), optional=True),
     _score_column(tracking.REALTIME_FACTOR_STREAMING, ".3g", optional=True),
 )
 # what each table ranks by: its mark column says which config is best and which are not worse
@@ -166,7 +172,11 @@ def legend(summaries: Sequence[Config]) -> str:
             "test tracks] where it records per-track scores"
         )
     parts.append("percentile bootstrap, 2000 resamples, seed 0")
-    return "Values: " + "; ".join(parts) + ". " + MARK_NOTE + ". " + MISSING_NOTE + "."
+    text = "Values: " + "; ".join(parts) + ". " + MARK_NOTE + ". " + MISSING_NOTE + ". " + COST_NOTE + "."
+    loaded = [c.name for c in summaries if any(run.loaded for run in c.runs)]
+    if loaded:
+        text += f" Measured on a loaded machine: {', '.join(loaded)} ({LOADED_NOTE})."
+    return text
 
 
 def markdown(report: Report, protocol: str | None = None) -> str:

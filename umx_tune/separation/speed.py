@@ -72,8 +72,14 @@ class Measurement:
     rtf_cpu: float
     stream: StreamMeasurement | None
 
+    @property
+    def rtf_compute(self) -> float:
+        """The RTF a study compares: on one CPU thread its CPU time, which other processes on the
+        machine barely change (its wall time can grow several times); otherwise the wall time."""
+        return self.rtf_cpu if self.device == "cpu" and self.threads == 1 else self.rtf
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "rtf_compute": self.rtf_compute}
 
 
 @contextmanager
@@ -255,8 +261,10 @@ def probe_clips(tracks: Sequence[Track], seconds: float = PROBE_SECONDS) -> list
 
 
 def probe(separator: Separator, tracks: Sequence[Track], device: torch.device) -> Measurement:
-    """The pipeline's probe: RTF of up to PROBE_SECONDS of the test tracks, torch's current threads."""
-    return measure(separator, probe_clips(tracks), device, threads=torch.get_num_threads())
+    """The pipeline's probe: RTF of up to PROBE_SECONDS of the test tracks on one thread, so that
+    every run of a study is measured alike (whatever its share of the cores) and its rtf_compute
+    is load-robust."""
+    return measure(separator, probe_clips(tracks), device, threads=1)
 
 
 def nb_model_channels(separator: Separator) -> int:

@@ -30,6 +30,13 @@ LEARNING_RATE = "lr"
 BEST_EPOCH = "best_epoch"
 EPOCHS_TRAINED = "epochs_trained"
 TRAIN_SECONDS = "train_seconds"
+# what a study compares: training's CPU core-seconds (the process and its DataLoader workers) on a
+# CPU, barely changed by other processes on the machine; its wall seconds on a GPU
+TRAIN_COMPUTE_SECONDS = "train_compute_seconds"
+# the 1-minute load average per core when the run was measured; above LOADED_MACHINE the machine
+# was busy with more than this run, and the run is tagged TAG_LOADED_MACHINE
+LOAD_PER_CORE = "load_per_core"
+LOADED_MACHINE = 1.5
 TRAIN_SAMPLES_PER_SECOND = "train_samples_per_second"
 EVAL_SECONDS = "eval_seconds"
 # MLflow's system metrics (tracking.system): 'system/cpu_utilization_percentage', … every interval
@@ -38,6 +45,7 @@ SYSTEM_METRICS_INTERVAL = 10  # seconds between samples (MLFLOW_SYSTEM_METRICS_S
 # real-time probe: processing time / audio duration, offline and streamed (causal models only)
 REALTIME_FACTOR = "rtf"
 REALTIME_FACTOR_STREAMING = "rtf_streaming"
+REALTIME_FACTOR_COMPUTE = "rtf_compute"  # speed.Measurement.rtf_compute: what a study compares
 # streaming only: algorithmic latency and per-block compute times (ms)
 LATENCY_MS = "latency_ms"
 BLOCK_MS_MEDIAN = "block_ms_median"
@@ -53,6 +61,7 @@ TAG_TORCH_VERSION = "torch.version"
 TAG_OPENUNMIX_VERSION = "openunmix.version"
 TAG_SIGNATURE = "umx_tune.signature"
 TAG_DEVICE = "umx_tune.device"
+TAG_LOADED_MACHINE = "umx_tune.loaded_machine"  # "true": measured while the machine was busy
 # DataLoader workers the run used: its nb_workers, capped at its threads (umx_tune/cores.py)
 TAG_LOADER_WORKERS = "umx_tune.loader_workers"
 TAG_ERROR = "umx_tune.error"
@@ -211,7 +220,10 @@ def tag_equals(key: str, value: str) -> str:
 
 def realtime_values(measurement: Measurement, suffix: str = "") -> tuple[dict[str, float], dict[str, str]]:
     """(metrics, tags) of a real-time measurement; suffix (e.g. '_cpu_1t') keeps several apart."""
-    metrics = {REALTIME_FACTOR + suffix: measurement.rtf}
+    metrics = {
+        REALTIME_FACTOR + suffix: measurement.rtf,
+        REALTIME_FACTOR_COMPUTE + suffix: measurement.rtf_compute,
+    }
     stream = measurement.stream
     if stream is not None:
         # float32 weights keep the plain names; other precisions say theirs, e.g. 'rtf_streaming_float16'

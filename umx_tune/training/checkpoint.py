@@ -38,6 +38,7 @@ class TrainState:
     train_losses: list[float] = field(default_factory=list)
     valid_losses: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
+    epoch_compute_seconds: list[float] = field(default_factory=list)  # Trainer._compute_clock's
     samples_seen: int = 0
 
 
