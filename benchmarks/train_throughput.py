@@ -6,10 +6,14 @@ threads) for the same number of batches, interleaved run by run so that machine 
 alike. The reference reproduces `scripts/train.py`'s train() with `openunmix.data.MUSDBDataset`
 (random track mix, gain and channel-swap augmentation), which reads every chunk through musdb.
 Data-loading share = time to iterate the same DataLoader alone / time of the training pass.
+With --compare-sourcefolder, umx-tune's training pass on the synthetic tracks read as musdb and
+as Open-Unmix's sourcefolder layout of the same files (`train/<source>/<track>.wav`, symlinks):
+the same reads, so the two rates should agree (issue 13: within 10%).
 
     .venv/bin/python benchmarks/train_throughput.py            # hidden 512/batch 16 and 256/batch 8
     .venv/bin/python benchmarks/train_throughput.py --quick    # fewer batches, one repeat
     .venv/bin/python benchmarks/train_throughput.py --logging-only   # MLflow's cost alone
+    .venv/bin/python benchmarks/train_throughput.py --compare-sourcefolder   # sourcefolder vs musdb
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,8 +32,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from umx_tune.config import TrainConfig
-from umx_tune.data.dataset import open_dataset
+from umx_tune.config import TARGETS, TrainConfig
+from umx_tune.data.dataset import DatasetSplits, open_dataset
 from umx_tune.separation.model import build_encoder, build_unmix
 from umx_tune.training.trainer import EpochResult, Trainer
 
@@ -107,6 +112,62 @@ def measure(config: TrainConfig, nb_batches: int, repeats: int) -> dict:
         "reference_loading_share": round(med["ref_load_s"] / med["ref_s"], 3),
         "umx_tune_loading_share": round(med["ours_load_s"] / med["ours_s"], 3),
         "raw_seconds": results,
+    }
+
+
+def sourcefolder_layout(data: DatasetSplits) -> Path:
+    """Open-Unmix's sourcefolder layout of a MUSDB-layout dataset: `<split>/<source>/<track>.wav`,
+    each a symlink to the track's stem (the same audio, read through the other type)."""
+    root = Path(tempfile.mkdtemp(prefix="umx-bench-sourcefolder-"))
+    for split, tracks in (("train", data.train), ("valid", data.valid), ("test", data.test)):
+        for track in tracks:
+            for source in TARGETS:
+                (root / split / source).mkdir(parents=True, exist_ok=True)
+                (root / split / source / f"{track.name}.wav").symlink_to(track.files[source])
+    return root
+
+
+def compare_sourcefolder(config: TrainConfig, nb_batches: int, repeats: int) -> dict:
+    """Interleaved umx-tune training passes over the same audio as musdb and as sourcefolder, the
+    same number of chunks each; medians of samples per second and of the data-loading share."""
+    data = open_dataset(config)
+    musdb = config.replace(samples_per_track=max(1, nb_batches * config.batch_size // len(data.train)))
+    samples = len(data.train) * musdb.samples_per_track
+    sourcefolder = config.replace(
+        dataset="sourcefolder",
+        root=str(sourcefolder_layout(data)),
+        target_dir=config.target,
+        interferer_dirs=" ".join(t for t in TARGETS if t != config.target),
+        nb_train_samples=samples,
+        nb_valid_samples=1,
+    )
+    trainers = {
+        name: Trainer(c, open_dataset(c), torch.device("cpu"), Path(tempfile.mkdtemp()), progress=False)
+        for name, c in (("musdb", musdb), ("sourcefolder", sourcefolder))
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in trainers}
+    loading: dict[str, list[float]] = {name: [] for name in trainers}
+    for _ in range(repeats):
+        for name, trainer in trainers.items():
+            unmix = build_unmix(trainer.config)
+            optimizer, _ = trainer.make_optimizer(unmix)
+            seconds[name].append(timed(lambda: trainer.train_epoch(unmix, optimizer, 1)))  # noqa: B023
+            loading[name].append(timed(lambda: list(trainer.train_loader(1))))  # noqa: B023
+    rate = {name: samples / statistics.median(times) for name, times in seconds.items()}
+    ratio = rate["sourcefolder"] / rate["musdb"]
+    return {
+        "hidden_size": config.hidden_size,
+        "batch_size": config.batch_size,
+        "samples_per_pass": samples,
+        "musdb_samples_per_s": round(rate["musdb"], 3),
+        "sourcefolder_samples_per_s": round(rate["sourcefolder"], 3),
+        "ratio": round(ratio, 3),
+        "within_10_percent": abs(ratio - 1.0) <= 0.10,
+        "loading_share": {
+            name: round(statistics.median(loading[name]) / statistics.median(seconds[name]), 3)
+            for name in trainers
+        },
+        "raw_seconds": {"train": seconds, "loading": loading},
     }
 
 
@@ -199,6 +260,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer batches, one repeat")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--logging-only", action="store_true", help="only MLflow's cost")
+    parser.add_argument("--compare-sourcefolder", action="store_true", help="only sourcefolder against musdb")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     nb_batches, repeats = (2, 1) if args.quick else (4, 3)
@@ -209,6 +271,12 @@ def main() -> None:
         "dataset": f"synthetic, {base.synth_tracks} train tracks x {base.synth_duration:g} s (WAV)",
         "load_average": os.getloadavg(),
     }
+    if args.compare_sourcefolder:
+        configs = (base, base.replace(hidden_size=256, batch_size=8))
+        report["sourcefolder_vs_musdb"] = [compare_sourcefolder(c, nb_batches, repeats) for c in configs]
+        report["load_average_after"] = os.getloadavg()
+        print(json.dumps(report, indent=2))
+        return
     if not args.logging_only:
         report["configs"] = [
             measure(base, nb_batches, repeats),
