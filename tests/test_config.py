@@ -20,7 +20,7 @@ from umx_tune.errors import ConfigError
         ({"batch_size": -3}, "batch_size=-3 is out of range; must be >= 1"),
         ({"target": "piano"}, "target='piano' is not allowed; choose one of vocals, drums, bass, other"),
         ({"nfft": 3000}, "nfft=3000 must be a power of two"),
-        ({"nhop": 8192}, "nhop=8192 must be <= nfft=4096"),
+        ({"nhop": 4096}, "nhop=4096 must be < nfft=4096"),
         ({"bandwidth": 30000}, "bandwidth=30000 Hz is above Nyquist; must be <= 22050 Hz"),
         ({"seq_dur": 25.0}, "seq_dur=25 s is longer than the synthetic tracks"),
         ({"lr": 0}, "lr=0.0 is out of range; must be > 0"),

@@ -88,7 +88,11 @@ class TrainConfig:
     """One Open-Unmix training run. Defaults are Open-Unmix's, except the CPU-sized ones noted."""
 
     target: str = _param("vocals", "source to separate", choices=TARGETS)
-    batch_size: int = _param(16, "training batch size", low=1)
+    # Upper bounds on the sizes that grow memory (hidden_size, nfft, batch_size, seq_dur) and on the
+    # counts that grow time (epochs, samples_per_track): a typo (--hidden-size 1000000000) is a
+    # one-line error before any work, not an allocation that takes the machine down. Each is well
+    # beyond what Open-Unmix uses (hidden 512 / 1024 for umxl, nfft 4096, batch 16, 6 s, 1000 epochs).
+    batch_size: int = _param(16, "training batch size", low=1, high=1024)
     nb_workers: int = _param(
         0, "DataLoader worker processes (0 = load in the main process; capped at the run's threads)", low=0
     )
@@ -96,12 +100,14 @@ class TrainConfig:
     threads: int = _param(
         0, "torch threads (0 = this machine's cores divided by the umx-tune processes sharing them)", low=0
     )
-    hidden_size: int = _param(512, "hidden units of the LSTM and dense layers", low=1)
-    samples_per_track: int = _param(64, "random chunks drawn per training track per epoch", low=1)
+    hidden_size: int = _param(512, "hidden units of the LSTM and dense layers", low=1, high=4096)
+    samples_per_track: int = _param(
+        64, "random chunks drawn per training track per epoch", low=1, high=100_000
+    )
     # Open-Unmix trains for 1000 epochs on a GPU; 4 epochs over the default synthetic dataset
     # (6 training tracks) keep the main job on 2 CPU cores under 10 minutes (see README).
-    epochs: int = _param(4, "training epochs", low=1)
-    seq_dur: float = _param(6.0, "training chunk length in seconds", low=0.0, low_open=True)
+    epochs: int = _param(4, "training epochs", low=1, high=100_000)
+    seq_dur: float = _param(6.0, "training chunk length in seconds", low=0.0, high=600.0, low_open=True)
     lr: float = _param(0.001, "Adam learning rate", low=0.0, low_open=True)
     weight_decay: float = _param(1e-5, "Adam weight decay", low=0.0)
     lr_decay_patience: int = _param(80, "epochs without improvement before the lr is decayed", low=0)
@@ -115,7 +121,7 @@ class TrainConfig:
     bandwidth: float = _param(
         16000.0, "model bandwidth in Hz; higher bins pass through", low=0.0, low_open=True
     )
-    nfft: int = _param(4096, "STFT size (a power of two)", low=16)
+    nfft: int = _param(4096, "STFT size (a power of two)", low=16, high=65536)
     nhop: int = _param(1024, "STFT hop size", low=1)
     nb_channels: int = _param(2, "audio channels the model takes (1 = mono, 2 = stereo)", low=1, high=2)
     seed: int = _param(42, "random seed", low=0)
@@ -277,8 +283,13 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
 def _check_relations(cfg: TrainConfig) -> None:
     if cfg.nfft & (cfg.nfft - 1):
         raise ConfigError(f"nfft={cfg.nfft} must be a power of two (e.g. 1024, 2048, 4096)")
-    if cfg.nhop > cfg.nfft:
-        raise ConfigError(f"nhop={cfg.nhop} must be <= nfft={cfg.nfft}")
+    if cfg.nhop >= cfg.nfft:  # Hann windows a hop of nfft apart leave gaps the inverse STFT cannot fill
+        raise ConfigError(f"nhop={cfg.nhop} must be < nfft={cfg.nfft}: the STFT windows must overlap")
+    if cfg.seq_dur * SAMPLE_RATE < cfg.nfft:  # a training chunk holds at least one STFT window
+        raise ConfigError(
+            f"seq_dur={cfg.seq_dur:g} s is shorter than one STFT window; "
+            f"must be >= nfft / {SAMPLE_RATE} Hz = {cfg.nfft / SAMPLE_RATE:.3g} s"
+        )
     nyquist = SAMPLE_RATE / 2
     if cfg.bandwidth > nyquist:
         raise ConfigError(f"bandwidth={cfg.bandwidth:g} Hz is above Nyquist; must be <= {nyquist:g} Hz")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from umx_tune.cli.options import ALLOW_MIXED_PROTOCOLS
+from umx_tune.paths import require_writable
 from umx_tune.report.tables import FORMATS
 
 if TYPE_CHECKING:
@@ -72,6 +73,8 @@ def report(
         raise click.UsageError("give either --runs or --study/--experiment")
     if baseline is not None and no_plots:
         raise click.UsageError("--baseline is for the page, which --no-plots leaves out")
+    if out is not None and not no_plots:
+        require_writable(out, "the report")
     if study:
         result = runs.load_study(study, experiment)
     elif experiment:

@@ -16,6 +16,7 @@ from umx_tune.cli.options import (
 )
 from umx_tune.config import TrainConfig
 from umx_tune.data.audio import AUDIO_FORMATS
+from umx_tune.paths import require_writable
 
 
 def _extension(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -98,6 +99,7 @@ def separate(
             "--stream runs no Wiener EM; --niter and --wiener-win-len need offline separation"
         )
     config = TrainConfig.from_dict(pop_config_values(values))
+    require_writable(out, "the separated audio")  # before the model is fetched and the audio separated
 
     from umx_tune.config import SAMPLE_RATE
     from umx_tune.data.audio import read_excerpt

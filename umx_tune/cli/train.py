@@ -10,6 +10,7 @@ import click
 from umx_tune import cores
 from umx_tune.cli.options import EXPERIMENT, QUIET, checkpoint_dir_option, config_options, pop_config_values
 from umx_tune.config import TrainConfig
+from umx_tune.paths import require_writable
 from umx_tune.tracking import HEARTBEAT_INTERVAL
 
 
@@ -47,6 +48,7 @@ def train(
     config = None if resume_run else TrainConfig.from_dict(given)
     cores.check_environment()
     check_server()  # fail fast: before torch, the data and the model are loaded
+    require_writable(checkpoint_dir, "checkpoints")
 
     from umx_tune.pipeline import run_experiment
     from umx_tune.report.summary import print_summary

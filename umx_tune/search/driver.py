@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from umx_tune.errors import UmxTuneError
+from umx_tune.paths import require_writable, require_writable_uri
 from umx_tune.report.page import publish_study
 from umx_tune.search import choices, confirm, mirror, storage, worker
 from umx_tune.search.settings import Request
@@ -61,6 +62,8 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
     if not options.progress:
         hide_run_links()  # --quiet: the summary alone
     url = options.storage_url or storage.default_url(tracking_uri())
+    require_writable_uri(url, "the Optuna storage")
+    require_writable(options.checkpoint_root, "checkpoints")
     adopt = mirror.pop_project_run()
     if not storage.exists(url):  # refuse what would be refused before the storage is made
         new_study(request, storage.masked(url), adopt)

@@ -14,6 +14,7 @@ import urllib.request
 import mlflow
 
 from umx_tune.errors import TrackingUnreachable
+from umx_tune.paths import require_writable_uri
 
 _answered: set[str] = set()  # the tracking servers that have answered this process
 
@@ -36,11 +37,14 @@ def _probe(uri: str, timeout: float) -> str | None:
 
 def check_server(uri: str | None = None, timeout: float = 10.0) -> None:
     """TrackingUnreachable when an http(s) tracking server does not answer /health: at once if it
-    never answered this process, after OUTAGE_WAITS of probes if it did (see the module docstring)."""
+    never answered this process, after OUTAGE_WAITS of probes if it did (see the module docstring);
+    ConfigError when a local store cannot be written."""
     from umx_tune.tracking.retry import OUTAGE_WAITS
 
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
+        # a local store (MLflow's default: mlflow.db in the working directory) is written at once
+        require_writable_uri(uri, "the MLflow store")
         return
     waits = OUTAGE_WAITS if uri in _answered else ()
     for wait in (*waits, None):
