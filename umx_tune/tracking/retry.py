@@ -64,12 +64,13 @@ def transient(err: MlflowException) -> bool:
 
 
 def unreachable(err: BaseException) -> bool:
-    """Whether err says the server could not be reached at all (MLflow's own retries spent on
-    refused connections or timeouts), rather than that it refused the call."""
-    import requests
+    """Whether err says the server could not be reached (MLflow's own retries spent on refused
+    connections, timeouts or answers such as 503 from a server that is restarting), rather than
+    that it refused the call."""
+    from requests import exceptions
 
     cause = (err.__cause__ or err.__context__) if isinstance(err, MlflowException) else err
-    return isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout)
+    return isinstance(cause, exceptions.ConnectionError | exceptions.RetryError | exceptions.Timeout)
 
 
 def retried(call: Callable[_P, _R]) -> Callable[_P, _R]:
