@@ -20,7 +20,7 @@ from umx_tune.data.dataset import Track, open_dataset
 from umx_tune.evaluation import listen
 from umx_tune.evaluation.listen import Excerpt
 from umx_tune.evaluation.protocol import Protocol, protocol_for
-from umx_tune.evaluation.scoring import EvaluationResult, evaluate_tracks
+from umx_tune.evaluation.scoring import EvaluationResult, evaluate_tracks, with_targets_mean
 from umx_tune.paths import DEFAULT_CHECKPOINT_ROOT
 from umx_tune.report.plots import loss_curve_png, spectrograms_png
 from umx_tune.separation import speed
@@ -136,10 +136,10 @@ def evaluate_and_log(
     excerpt: Excerpt | None = None,
 ) -> EvaluationResult:
     """Score the test tracks as protocol says (its evaluator and estimates; its first target is the
-    model's); log per-estimate metrics, the target's plain SDR/SIR/ISR/SAR and global SDR, its
-    per-track scores and the protocol (tags), the per-track JSONs (under eval/) and the excerpt to
-    listen to (under audio/, from the estimates the scoring separated). The pipeline and `umx-tune
-    evaluate` end here."""
+    model's); log per-estimate metrics, the target's plain SDR/SIR/ISR/SAR and global SDR (a
+    separator of several targets: their mean), its per-track scores and the protocol (tags), the
+    per-track JSONs (under eval/) and the excerpt to listen to (under audio/, from the estimates
+    the scoring separated). The pipeline and `umx-tune evaluate` end here."""
     target = protocol.targets[0]
     with artifact_tempdir() as tmp:
         evaluation = evaluate_tracks(
@@ -153,13 +153,16 @@ def evaluate_and_log(
             keep=excerpt,
         )
         tracker.log_artifacts(Path(tmp), tracking.EVAL_ARTIFACT_DIR)
+    plain = target  # the estimate whose scores are the run's plain SDR, …: the model's target
+    if len(separator.target_models) > 1:  # several targets scored jointly: their mean
+        evaluation, plain = with_targets_mean(evaluation, separator.target_models), tracking.TARGETS_MEAN
     if excerpt is not None:
         assert excerpt.target == target and evaluation.excerpt is not None, "an excerpt of tracks, of target"
         track = next(t for t in tracks if t.name == excerpt.track)
         _log_excerpt(tracker, excerpt, listen.parts(excerpt, track, evaluation.excerpt))
-    tracker.log_scores(evaluation.scores, target, evaluation.seconds)
+    tracker.log_scores(evaluation.scores, plain, evaluation.seconds)
     tags = protocol.to_tags(tracking.TAG_PROTOCOL, tracking.TAG_PROTOCOL_SUMMARY)
-    track_scores = track_scores_tag(evaluation, target)
+    track_scores = track_scores_tag(evaluation, plain)
     if track_scores is not None:
         tags[tracking.TAG_TRACK_SCORES] = track_scores
     tracker.set_tags(tags)

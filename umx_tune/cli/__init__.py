@@ -23,6 +23,7 @@ COMMANDS = {
     "train": "umx_tune.cli.train:train",
     "evaluate": "umx_tune.cli.evaluate:evaluate",
     "separate": "umx_tune.cli.separate:separate",
+    "compose": "umx_tune.cli.compose:compose",
     "data": "umx_tune.cli.data:data",
     "optimize": "umx_tune.cli.optimize:optimize",
     "realtime": "umx_tune.cli.realtime:realtime",

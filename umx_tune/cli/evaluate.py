@@ -77,9 +77,12 @@ def evaluate(
     with start_run(experiment=experiment, run_name=name, system_metrics=config.system_metrics) as tracker:
         tracker.set_tags({tracking.TAG_EVALUATED_MODEL: source, tracking.TAG_KIND: tracking.KIND_EVALUATION})
         tracker.log_dataset(data.root, data.digest(), name=data.root.name)
-        # scored as the model separates: its own target and Wiener iterations
+        # scored as the model separates: its own targets and Wiener iterations
         protocol = protocol_for(
-            config.replace(target=target), data.digest(splits=("test",)), niter=separator.niter
+            config.replace(target=target),
+            data.digest(splits=("test",)),
+            niter=separator.niter,
+            targets=tuple(separator.target_models),  # a composition's four, jointly
         )
         result = evaluate_and_log(
             separator,

@@ -103,11 +103,10 @@ def clip_warning(excerpt: Excerpt) -> str:
 
 def parts(excerpt: Excerpt, track: Track, estimates: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """{artifact path: audio (nb_samples, nb_channels)}: the excerpt of the mixture, of the target's
-    reference and of the estimates (`separate`'s names: the target and "residual", already cut)."""
+    reference and of the estimates (`separate`'s names, already cut: the target and "residual", or a
+    joint separator's targets)."""
     target = excerpt.target
-    from umx_tune.separation.offline import residual_name  # torch: only where audio is separated
-
-    residual = residual_name(target)
+    from umx_tune.separation.offline import RESIDUAL, residual_name  # torch: only where audio is separated
 
     def reference(stem: str) -> np.ndarray:
         return track.read(stem, excerpt.start, excerpt.frames).T  # (nb_channels, n) -> (n, nb_channels)
@@ -115,8 +114,12 @@ def parts(excerpt: Excerpt, track: Track, estimates: dict[str, np.ndarray]) -> d
     return {
         tracking.excerpt_artifact(tracking.EXCERPT_MIXTURE): reference("mixture"),
         tracking.excerpt_artifact(tracking.EXCERPT_REFERENCE, target): reference(target),
-        tracking.excerpt_artifact(tracking.EXCERPT_ESTIMATE, target): estimates[target],
-        tracking.excerpt_artifact(tracking.EXCERPT_ESTIMATE, residual): estimates["residual"],
+        **{
+            tracking.excerpt_artifact(
+                tracking.EXCERPT_ESTIMATE, residual_name(target) if name == RESIDUAL else name
+            ): audio
+            for name, audio in estimates.items()
+        },
     }
 
 

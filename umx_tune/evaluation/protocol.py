@@ -110,10 +110,16 @@ class Protocol:
             raise ReportError(f"the run's protocol summary is malformed: {summary!r}") from err
 
 
-def protocol_for(config: TrainConfig, test_digest: str, *, niter: int = NITER) -> Protocol:
+def protocol_for(
+    config: TrainConfig, test_digest: str, *, niter: int = NITER, targets: tuple[str, ...] = ()
+) -> Protocol:
     """The protocol by which the pipeline scores a model trained with config on the test tracks
-    whose digest is given: config's evaluator and target, its residual, museval's windows."""
+    whose digest is given: config's evaluator and target, its residual, museval's windows. A
+    separator of several targets (targets, e.g. `umx-tune compose`'s four) is scored on those
+    jointly, without a residual, as SiSEC 2018 scores the four estimates of one separator."""
     from umx_tune.separation.offline import residual_name  # imports torch: only when scoring
+
+    joint = len(targets) > 1
 
     return Protocol(
         evaluator=config.evaluator,
@@ -121,8 +127,8 @@ def protocol_for(config: TrainConfig, test_digest: str, *, niter: int = NITER) -
         window=int(WINDOW_SECONDS * SAMPLE_RATE),  # as eval_track converts seconds to samples
         hop=int(HOP_SECONDS * SAMPLE_RATE),
         niter=niter,
-        residual=True,  # build_separator always separates the residual, and score_track scores it
-        targets=(config.target, residual_name(config.target)),
+        residual=not joint,  # build_separator always separates the residual, and score_track scores it
+        targets=targets if joint else (config.target, residual_name(config.target)),
         test_tracks=test_digest,
         sample_rate=SAMPLE_RATE,
         umx_tune=umx_tune.__version__,

@@ -11,9 +11,9 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,13 +80,33 @@ def evaluate_tracks(
     for name, text in track_jsons.items():
         (out_dir / f"{name}.json").write_text(text)
     store = _eval_store(track_jsons)
-    scores = aggregate(store)
+    medians = aggregate(store)
+    scores = {}  # in scored's order: the model's targets first
     for name in scored:  # beside SiSEC's medians, the challenges' mean over tracks
         mean = global_sdr.mean_over_tracks(result.global_sdr[name] for result in results.values())
-        scores.setdefault(name, {})[tracking.GLOBAL_SDR] = mean
+        scores[name] = {**medians.get(name, {}), tracking.GLOBAL_SDR: mean}
     seconds = time.perf_counter() - start
     return EvaluationResult(scores, per_track(store), seconds, excerpt=kept)
 
+
+def with_targets_mean(result: EvaluationResult, targets: Iterable[str]) -> EvaluationResult:
+    """result with one more estimate, tracking.TARGETS_MEAN: per metric the mean over targets, of
+    the aggregates and of each track's scores (a track lacking a target's scores has no mean)."""
+    names = list(targets)
+
+    def mean(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+        if not all(name in scores for name in names):
+            return {}
+        metrics = set.intersection(*(set(scores[name]) for name in names))
+        return {m: float(np.mean([scores[name][m] for name in names])) for m in sorted(metrics)}
+
+    tracks = {}
+    for track, scores in result.tracks.items():
+        track_mean = mean(scores)
+        tracks[track] = {**scores, tracking.TARGETS_MEAN: track_mean} if track_mean else scores
+    return replace(
+        result, scores={**result.scores, tracking.TARGETS_MEAN: mean(result.scores)}, tracks=tracks
+    )
 
 
 class _InlineExecutor(Executor):
@@ -135,7 +155,6 @@ def score_track(
     store = eval_track(references, named, track.name, rate=SAMPLE_RATE, evaluator=evaluator)
     sdrs = {name: global_sdr.global_sdr(references[name], named[name]) for name in scored}
     return TrackResult(store.json, sdrs)
-
 
 
 def _eval_store(track_jsons: dict[str, str]) -> museval.EvalStore:

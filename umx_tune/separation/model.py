@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from openunmix import model as umx_model
@@ -60,6 +62,42 @@ def build_separator(
     )
     separator.freeze()
     return separator.to(next(unmix.parameters()).device)
+
+
+def assemble(
+    models: Mapping[str, umx_model.OpenUnmix],
+    like: umx_model.Separator,
+    *,
+    residual: bool,
+    niter: int,
+    wiener_win_len: int | None,
+) -> umx_model.Separator:
+    """A Separator of models (target -> network, in that order; shared, not copied) with like's
+    STFT, sample rate, channels and softmask: several targets' networks as one separator, or a
+    subset of one's with other Wiener settings (wiener_win_len None or 0: the whole signal)."""
+    separator = umx_model.Separator(
+        target_models=dict(models),
+        niter=niter,
+        softmask=like.softmask,
+        residual=residual,
+        sample_rate=float(like.sample_rate),
+        n_fft=int(like.stft.n_fft),
+        n_hop=int(like.stft.n_hop),
+        nb_channels=1 if like.complexnorm.mono else 2,
+        wiener_win_len=wiener_win_len,
+    )
+    separator.freeze()
+    return separator.to(like.stft.window.device)
+
+
+def stft_settings(separator: umx_model.Separator) -> dict[str, float]:
+    """What separators must share to be assembled into one: sample rate, nfft, nhop, channels."""
+    return {
+        "sample_rate": float(separator.sample_rate),
+        "nfft": int(separator.stft.n_fft),
+        "nhop": int(separator.stft.n_hop),
+        "nb_channels": 1 if separator.complexnorm.mono else 2,
+    }
 
 
 def resolve_device(name: str) -> torch.device:

@@ -13,6 +13,7 @@ from openunmix.model import Separator
 from umx_tune.config import SAMPLE_RATE
 from umx_tune.data.audio import write_audio
 from umx_tune.errors import DatasetError, ModelError
+from umx_tune.separation.model import assemble
 
 RESIDUAL = "residual"  # the Separator's own name of its residual estimate, as `separate` returns it
 
@@ -116,19 +117,9 @@ def configure(
         raise ModelError(
             f"Wiener EM (niter={niter}) needs two estimates: separate the residual too, or set niter 0"
         )
-    configured = Separator(
-        target_models={name: separator.target_models[name] for name in chosen},
-        niter=niter,
-        softmask=separator.softmask,
-        residual=residual,
-        sample_rate=float(separator.sample_rate),
-        n_fft=int(separator.stft.n_fft),
-        n_hop=int(separator.stft.n_hop),
-        nb_channels=1 if separator.complexnorm.mono else 2,
-        wiener_win_len=separator.wiener_win_len if wiener_win_len is None else wiener_win_len,
-    )
-    configured.freeze()
-    return configured.to(separator.stft.window.device)
+    models = {name: separator.target_models[name] for name in chosen}
+    win_len = separator.wiener_win_len if wiener_win_len is None else wiener_win_len
+    return assemble(models, separator, residual=residual, niter=niter, wiener_win_len=win_len)
 
 
 def write_estimates(

@@ -54,6 +54,9 @@ BLOCK_MS_P99 = "block_ms_p99"
 SEPARATION_METRICS = ("SDR", "SIR", "ISR", "SAR")
 # the MDX 2021 / SDX 2023 score (umx_tune.evaluation.global_sdr), logged beside them the same two ways
 GLOBAL_SDR = "global_SDR"
+# a joint evaluation of several targets (a composition): its plain metrics are their mean, also
+# logged as 'mean_<metric>' beside each target's
+TARGETS_MEAN = "mean"
 
 # tag names
 TAG_VERSION = "umx_tune.version"
@@ -149,6 +152,9 @@ REPORT_ARTIFACT_DIR = "report"  # the plots `umx-tune report` logs to a study's 
 DATASET_CONTEXT = "training"  # the context of the run's dataset input
 TAG_KIND = "umx_tune.kind"
 KIND_EVALUATION = "evaluation"  # TAG_KIND of the runs of `umx-tune evaluate`
+KIND_COMPOSITION = "composition"  # TAG_KIND of the runs of `umx-tune compose`
+COMPOSE_NITER_PARAM = "niter"  # a composition's params: its Wiener EM iterations, and each target's
+# source model (composed_model_param)
 TAG_EVALUATED_MODEL = "umx_tune.evaluated_model"
 # how a run was scored (umx_tune.evaluation.protocol): a hash and its readable field=value summary
 TAG_PROTOCOL = "umx_tune.protocol"
@@ -173,6 +179,11 @@ STUDY_PAGE_ARTIFACT = f"{REPORT_ARTIFACT_DIR}/index.html"
 def metric_name(estimate: str, metric: str) -> str:
     """Per-estimate BSSEval metric name, e.g. 'vocals_SDR', 'accompaniment_SIR'."""
     return f"{estimate}_{metric}"
+
+
+def composed_model_param(target: str) -> str:
+    """The param of a composition naming the model its target's network came from: 'vocals_model'."""
+    return f"{target}_model"
 
 
 def excerpt_artifact(part: str, estimate: str = "") -> str:
