@@ -259,7 +259,6 @@ def test_a_killed_train_run_is_ended_by_the_next_run(
     assert lost.info.status == "RUNNING"
     train = run_main(capsys, "train", *experiment, "--checkpoint-dir", str(tmp_path / "checkpoints"))
     assert train.returncode == 0, train.stderr[-3000:]
-    assert f"run {lost.info.run_id} lost: its process stopped beating" in train.stderr
     ended = MlflowClient().get_run(lost.info.run_id)
     assert ended.info.status == "FAILED"
     assert ended.data.tags[tracking.TAG_ERROR].startswith("lost: its process stopped beating at ")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -75,6 +74,5 @@ def reap_lost_runs(client: Client, experiment_id: str) -> list[str]:
         beat = datetime.datetime.fromtimestamp(float(run.data.tags[TAG_HEARTBEAT]), datetime.UTC)
         reason = f"lost: its process stopped beating at {beat:%Y-%m-%d %H:%M:%S} UTC (killed?)"
         client.set_tag(run.info.run_id, TAG_ERROR, reason[:ERROR_LIMIT])
-        client.end_run(run.info.run_id, STATUS_FAILED)
-        print(f"umx-tune: note: run {run.info.run_id} {reason}; ended FAILED", file=sys.stderr)
+        client.end_run(run.info.run_id, STATUS_FAILED)  # silently: the command's output is its own
     return [r.info.run_id for r in lost]
