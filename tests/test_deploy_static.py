@@ -290,3 +290,42 @@ def test_hadolint() -> None:
         [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
     )
     assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+@pytest.mark.parametrize("role", ["mlflow-server", "storage-proxy"])
+def test_a_role_started_with_the_examples_placeholders_is_refused(
+    role: str, compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docker/.env.example copied unchanged: the role names a variable still holding CHANGE-ME and
+    starts nothing (compose's ${VAR:?} lets these non-empty values through)."""
+    from conftest import assert_one_line_error, run_main
+
+    service = {"mlflow-server": "mlflow", "storage-proxy": "optuna-storage"}[role]
+    for name, value in services(compose)[service]["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    line = assert_one_line_error(run_main(capsys, "deploy", role), "holds the placeholder 'CHANGE-ME-")
+    assert line.split("error: ")[1].split()[0] in services(compose)[service]["environment"]
+
+
+def test_people_read_and_the_workers_account_edits(tmp_path: Path) -> None:
+    """MLflow's default for every account is READ; the workers' account alone is granted EDIT on
+    every experiment and registered model, at each start (the grant is an upsert)."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.utils.workspace_utils import DEFAULT_WORKSPACE_NAME
+
+    from umx_tune.cli import deploy
+
+    ini = deploy.write_auth_config(tmp_path, "sqlite:///auth.db").read_text()
+    assert "default_permission = READ" in ini
+    auth_db = f"sqlite:///{tmp_path / 'auth.db'}"
+    for password in ("first-password", "second-password"):
+        deploy.ensure_user(auth_db, "umx-worker", password)
+    store = SqlAlchemyStore()
+    store.init_db(auth_db)
+    assert store.authenticate_user("umx-worker", "second-password")
+    user = store.get_user("umx-worker")
+    grants = store.list_grants(user.id, DEFAULT_WORKSPACE_NAME, deploy.WORKER_RESOURCES)
+    assert sorted((g.resource_type, g.resource_pattern, g.permission) for g in grants) == [
+        ("experiment", "*", "EDIT"),
+        ("registered_model", "*", "EDIT"),
+    ]

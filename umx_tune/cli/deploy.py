@@ -11,6 +11,7 @@ variables against a real PostgreSQL, so what compose runs is what is tested.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -35,18 +36,33 @@ REQUIRED_FOR_MLFLOW = (
 # the storage-proxy role: the RDB URL it serves (it alone holds the database password)
 PROXY_STORAGE_ENV = "UMX_TUNE_PROXY_STORAGE"
 
-# Every account may log runs (EDIT), none may read anonymously: basic auth rejects requests
-# without valid credentials whatever the default permission. EDIT rather than MLflow's READ,
-# because workers must write into an experiment that the admin (or the UI) may have created.
-DEFAULT_PERMISSION = "EDIT"
+# People's accounts read (READ, MLflow's own default) unless the admin grants more; none may read
+# anonymously: basic auth rejects requests without valid credentials. The workers' account may
+# log runs into every experiment and register models (EDIT on "*"), because workers must write
+# into an experiment that the admin (or the UI) may have created. What an account creates, it manages.
+DEFAULT_PERMISSION = "READ"
+WORKER_PERMISSION = "EDIT"
+WORKER_RESOURCES = ("experiment", "registered_model")
+
+# docker/.env.example's values for secrets: a deployment started with one unchanged is refused
+PLACEHOLDER = "CHANGE-ME"
 
 
 def _require(env: Mapping[str, str], *names: str) -> dict[str, str]:
+    """The variables' values; ConfigError for one unset, empty or holding docker/.env.example's
+    placeholder (compose's ${VAR:?} refuses only empty values)."""
     missing = [name for name in names if not env.get(name)]
     if missing:
         raise ConfigError(
             f"set {', '.join(missing)} in the environment (docker/.env in the compose deployment)"
         )
+    for name in names:
+        placeholder = re.search(rf"{PLACEHOLDER}[\w-]*", env[name])
+        if placeholder:
+            raise ConfigError(
+                f"{name} holds the placeholder {placeholder[0]!r} of docker/.env.example: replace every "
+                f"{PLACEHOLDER} in docker/.env with a long random value"
+            )
     return {name: env[name] for name in names}
 
 
@@ -68,7 +84,8 @@ def write_auth_config(folder: Path, auth_database_uri: str) -> Path:
 
 
 def ensure_user(auth_database_uri: str, username: str, password: str) -> None:
-    """Create the (non-admin) account the workers log in with, or reset its password.
+    """Create the (non-admin) account the workers log in with, or reset its password, and grant it
+    WORKER_PERMISSION on every experiment and registered model.
 
     Done in the auth database before the server starts, so that the workers' account exists as
     soon as the server answers and no admin credentials ever reach a worker.
@@ -83,6 +100,8 @@ def ensure_user(auth_database_uri: str, username: str, password: str) -> None:
             store.update_user(username, password=password)
         else:
             store.create_user(username, password)
+        for resource in WORKER_RESOURCES:  # an upsert: the same grant at every start
+            store.grant_user_permission(username, resource, "*", WORKER_PERMISSION)
     except MlflowException as err:
         raise ConfigError(f"cannot set up MLflow account {username!r}: {err.message}") from None
 
