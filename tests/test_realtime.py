@@ -58,7 +58,7 @@ def logged_models(mlflow_server: MlflowServer) -> Iterator[dict[str, str]]:
     ids = {}
     for name in ("uni", "bi"):
         with start_run(experiment="test-realtime", run_name=name) as tracker:
-            tracker.log_model(tiny_separator(name == "uni"))
+            tracker.log_model(tiny_separator(name == "uni"), {})
             ids[name] = tracker.run_id
     mlflow.set_tracking_uri(None)
     yield ids
