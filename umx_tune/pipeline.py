@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from openunmix.model import Separator
 
-from umx_tune import tracking
+from umx_tune import cores, tracking
 from umx_tune.config import SAMPLE_RATE, TrainConfig
 from umx_tune.data.dataset import Track, open_dataset
 from umx_tune.evaluation import listen
@@ -58,15 +58,30 @@ def run_experiment(
     """Train config, evaluate it on the test tracks and log everything to tracker's run.
 
     on_epoch is called after each epoch has been logged (Optuna reports and prunes there).
-    resume continues from the run's last checkpoint under checkpoint_root.
+    resume continues from the run's last checkpoint under checkpoint_root. The run shares this
+    machine's cores with the other umx-tune processes on it (umx_tune/cores.py).
     """
+    with cores.sharing(config.threads, config.nb_workers) as share:
+        return _run(config, tracker, share, on_epoch, resume, checkpoint_root, progress)
+
+
+def _run(
+    config: TrainConfig,
+    tracker: RunTracker,
+    share: cores.Share,
+    on_epoch: EpochCallback | None,
+    resume: bool,
+    checkpoint_root: Path,
+    progress: bool,
+) -> ExperimentResult:
     device = resolve_device(config.device)
     data = open_dataset(config, progress=progress)
     excerpt = listen.choose(data.test, config)  # an unknown listen_track fails before training
-    tracker.log_config(config)
-    tracker.set_tags({tracking.TAG_DEVICE: str(device)})
+    tracker.log_config(config.replace(threads=share.threads))  # the param says what ran
+    tracker.set_tags({tracking.TAG_DEVICE: str(device), tracking.TAG_LOADER_WORKERS: share.loader_workers})
     tracker.log_dataset(data.root, data.digest(), name=data.root.name)
-    trainer = Trainer(config, data, device, run_checkpoint_dir(checkpoint_root, tracker.run_id), progress)
+    checkpoints = run_checkpoint_dir(checkpoint_root, tracker.run_id)
+    trainer = Trainer(config, data, device, checkpoints, progress, loader_workers=share.loader_workers)
 
     def after_epoch(result: EpochResult) -> None:
         tracker.log_metrics(_epoch_metrics(result), step=result.epoch)
@@ -81,13 +96,30 @@ def run_experiment(
     separator = build_separator(config, training.unmix.to(device))
     protocol = protocol_for(config, data.digest(splits=("test",)))
     evaluation = evaluate_and_log(
-        separator, data.test, protocol, device=device, tracker=tracker, progress=progress, excerpt=excerpt
+        separator,
+        data.test,
+        protocol,
+        device=device,
+        tracker=tracker,
+        progress=progress,
+        excerpt=excerpt,
+        workers=share.scoring_workers,
     )
     measurement = speed.probe(separator, data.test, device)
     tracker.log_realtime(measurement)
+    _log_load(tracker)
     tracker.log_artifact(trainer.checkpoint_path, tracking.CHECKPOINT_ARTIFACT_DIR)
     model_uri = tracker.log_model(separator.cpu(), {config.target: config.to_params()})
     return ExperimentResult(tracker.run_id, config, training.state, evaluation, model_uri, measurement)
+
+
+def _log_load(tracker: RunTracker) -> None:
+    """How busy the machine was over the last minute of the run (training and the probe), per core;
+    a busy machine is a tag, which `report` shows beside the run."""
+    load = cores.load_per_core()
+    tracker.log_metrics({tracking.LOAD_PER_CORE: load})
+    if load > tracking.LOADED_MACHINE:
+        tracker.set_tags({tracking.TAG_LOADED_MACHINE: "true"})
 
 
 def _init_weights(config: TrainConfig, tracker: RunTracker) -> StateDict:
@@ -115,6 +147,7 @@ def _log_training(tracker: RunTracker, state: TrainState) -> None:
     tracker.log_metrics(
         {
             tracking.TRAIN_SECONDS: seconds,
+            tracking.TRAIN_COMPUTE_SECONDS: sum(state.epoch_compute_seconds),
             tracking.TRAIN_SAMPLES_PER_SECOND: state.samples_seen / seconds if seconds else 0.0,
             tracking.BEST_EPOCH: state.best_epoch,
             tracking.EPOCHS_TRAINED: state.epoch,
@@ -134,12 +167,14 @@ def evaluate_and_log(
     tracker: RunTracker,
     progress: bool,
     excerpt: Excerpt | None = None,
+    workers: int,
 ) -> EvaluationResult:
     """Score the test tracks as protocol says (its evaluator and estimates; its first target is the
     model's); log per-estimate metrics, the target's plain SDR/SIR/ISR/SAR and global SDR (a
     separator of several targets: their mean), its per-track scores and the protocol (tags), the
     per-track JSONs (under eval/) and the excerpt to listen to (under audio/, from the estimates
-    the scoring separated). The pipeline and `umx-tune evaluate` end here."""
+    the scoring separated), with at most `workers` scoring processes. The pipeline and `umx-tune
+    evaluate` end here."""
     target = protocol.targets[0]
     with artifact_tempdir() as tmp:
         evaluation = evaluate_tracks(
@@ -151,6 +186,7 @@ def evaluate_and_log(
             evaluator=protocol.evaluator,
             progress=progress,
             keep=excerpt,
+            workers=min(len(tracks), workers),
         )
         tracker.log_artifacts(Path(tmp), tracking.EVAL_ARTIFACT_DIR)
     plain = target  # the estimate whose scores are the run's plain SDR, …: the model's target

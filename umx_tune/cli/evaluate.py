@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from umx_tune import cores
 from umx_tune.cli.options import (
     EXPERIMENT,
     MODEL_REFERENCE,
@@ -28,6 +29,7 @@ from umx_tune.config import DATASET_PARAMS, TrainConfig
         *("target", *DATASET_PARAMS, "evaluator", "device"),
         *("listen_track", "listen_seconds", "audio"),
         "system_metrics",
+        "threads",
     )
 )
 @EXPERIMENT
@@ -49,6 +51,7 @@ def evaluate(
     # evaluation cuts no training chunks: keep the default seq_dur clear of short synthetic tracks
     given["seq_dur"] = min(TrainConfig().seq_dur, given.get("synth_duration", TrainConfig().synth_duration))
     config = TrainConfig.from_dict(given)
+    cores.check_environment()
 
     from umx_tune import tracking
     from umx_tune.data.dataset import open_dataset
@@ -74,7 +77,10 @@ def evaluate(
     # of the model's own target; an unknown listen_track fails before the run starts
     excerpt = listen.choose(data.test, config.replace(target=target))
     name = run_name or f"evaluate {source}"
-    with start_run(experiment=experiment, run_name=name, system_metrics=config.system_metrics) as tracker:
+    with (
+        cores.sharing(config.threads, 0) as share,
+        start_run(experiment=experiment, run_name=name, system_metrics=config.system_metrics) as tracker,
+    ):
         tracker.set_tags({tracking.TAG_EVALUATED_MODEL: source, tracking.TAG_KIND: tracking.KIND_EVALUATION})
         tracker.log_dataset(data.root, data.digest(), name=data.root.name)
         # scored as the model separates: its own targets and Wiener iterations
@@ -92,6 +98,7 @@ def evaluate(
             tracker=tracker,
             progress=not quiet,
             excerpt=excerpt,
+            workers=share.scoring_workers,
         )
         click.echo(f"run {tracker.run_id}: {source} on {len(data.test)} test tracks")
     click.echo("\n".join(score_lines(result.scores)))

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from umx_tune import cores
 from umx_tune.cli.options import checkpoint_dir_option, config_options, pop_config_values
 from umx_tune.config import TrainConfig
 from umx_tune.errors import ConfigError
@@ -137,6 +138,7 @@ def optimize(**kwargs: Any) -> None:
         _audit(kwargs)
         return
     base = TrainConfig.from_dict(given)
+    cores.check_environment()
     if _show(kwargs, base):
         return
     request = _request(kwargs, given, base)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -57,7 +56,7 @@ def evaluate_tracks(
     *,
     device: torch.device,
     evaluator: str,
-    workers: int | None = None,
+    workers: int,
     progress: bool = False,
     keep: Excerpt | None = None,
 ) -> EvaluationResult:
@@ -66,7 +65,6 @@ def evaluate_tracks(
     listening excerpt needs no second separation."""
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    workers = workers or min(len(tracks), os.cpu_count() or 1)
     kept = None
     with _scoring_pool(workers) as pool:
         jobs: list[Future[TrackResult]] = []
