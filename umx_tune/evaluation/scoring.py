@@ -25,6 +25,7 @@ from openunmix import model as umx_model
 from umx_tune import tracking
 from umx_tune.config import SAMPLE_RATE, TARGETS
 from umx_tune.data.dataset import Track
+from umx_tune.errors import EvaluationError
 from umx_tune.evaluation import global_sdr
 from umx_tune.evaluation.listen import Excerpt
 from umx_tune.separation.offline import RESIDUAL, residual_name, separate
@@ -84,7 +85,7 @@ def evaluate_tracks(
         mean = global_sdr.mean_over_tracks(result.global_sdr[name] for result in results.values())
         scores[name] = {**medians.get(name, {}), tracking.GLOBAL_SDR: mean}
     seconds = time.perf_counter() - start
-    return EvaluationResult(scores, per_track(store), seconds, excerpt=kept)
+    return EvaluationResult(require_defined(scores), per_track(store), seconds, excerpt=kept)
 
 
 def with_targets_mean(result: EvaluationResult, targets: Iterable[str]) -> EvaluationResult:
@@ -162,6 +163,20 @@ def _eval_store(track_jsons: dict[str, str]) -> museval.EvalStore:
     for name, text in track_jsons.items():
         store.add_track(museval.json2df(json.loads(text), name))
     return store
+
+
+def require_defined(scores: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """scores ({estimate: {metric: dB}}), or EvaluationError for one that is NaN or infinite (never
+    logged): BSSEval scores no window where the reference or the estimate is silent, and a median
+    over no window of any track is NaN."""
+    for name, values in scores.items():
+        for metric, value in values.items():
+            if not np.isfinite(value):
+                raise EvaluationError(
+                    f"the {name} {metric} over the test tracks is {value}: no BSSEval window of any "
+                    "track has both the reference and the estimate sounding; nothing is logged"
+                )
+    return scores
 
 
 def aggregate(store: museval.EvalStore) -> dict[str, dict[str, float]]:
