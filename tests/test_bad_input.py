@@ -91,7 +91,7 @@ ROWS = {
     "nhop-above-nfft": train("--nhop", "2048", word="nhop=2048 must be < nfft=1024"),
     "nhop-equal-nfft": train("--nhop", "1024", word="nhop=1024 must be < nfft=1024"),
     "bandwidth": train("--bandwidth", "30000", word="bandwidth=30000 Hz is above Nyquist"),
-    "root-missing": train("--root", "/no/such/folder", word="/no/such/folder"),
+    "root-missing": train("--root", "/no/such/folder", word="root='/no/such/folder' does not exist"),
     "unknown-option": train("--learning-rate", "0.1", word="--learning-rate"),
     "checkpoint-dir": train("--checkpoint-dir", "{tmp}/afile/ck", word="cannot write checkpoints to"),
     "store-unwritable": train(

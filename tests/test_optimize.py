@@ -522,51 +522,6 @@ def test_workers_starting_together_set_the_study_up_once(
     assert parent.data.tags[tracking.TAG_STUDY_STATE] == "stopped with 6 trials queued"
 
 
-BAD_GRID = {
-    "malformed.yaml": ("entries:\n  a: [1, 2\n", "malformed YAML at line 3"),
-    "bounds.yaml": (
-        "entries:\n  a: {hidden_size: 16}\n  b: {batch_size: 0}\n",
-        "entry 'b': batch_size=0 is out",
-    ),
-    "unknown.yaml": ("entries:\n  a: {hidden: 16}\n", "entry 'a': unknown parameter 'hidden'"),
-}
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--grid", "sed"], "unknown grid 'sed'"),
-        (["--search", "wide"], "unknown space 'wide'"),
-        (["--grid", "{tmp}/malformed.yaml"], "malformed.yaml: malformed YAML at line 3"),
-        (["--grid", "{tmp}/bounds.yaml"], "bounds.yaml: entry 'b': batch_size=0 is out of range"),
-        (["--grid", "{tmp}/unknown.yaml"], "unknown.yaml: entry 'a': unknown parameter 'hidden'"),
-        (["--search", "{tmp}/space.yaml"], "space.yaml: params.hidden: unknown parameter 'hidden'"),
-        (["--search", "default", "--n-trials", "0"], "'--n-trials': 0 is not in the range x>=1"),
-        (["--search", "default", "--sampler", "annealing"], "unknown sampler 'annealing'"),
-        (["--search", "default", "--pruner", "mean"], "unknown pruner 'mean'"),
-        (["--grid", "seed", "--search", "default"], "give --grid or --search, not both"),
-        (["--study-name", "nobody-made-this"], "no study named 'nobody-made-this' yet"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_and_starts_nothing(
-    tracking_uri: str,
-    storage: str,
-    tmp_path: Path,
-    capsys: Capture,
-    args: list[str],
-    message: str,
-) -> None:
-    for name, (text, _) in BAD_GRID.items():
-        (tmp_path / name).write_text(text)
-    (tmp_path / "space.yaml").write_text("params:\n  hidden: {type: int, low: 8, high: 16}\n")
-    before = len(MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]))
-    argv = ["optimize", "--storage", storage, *(a.format(tmp=tmp_path) for a in args), *TINY_ARGS]
-    assert_one_line_error(run_main(capsys, *argv), message)
-    after = len(MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]))
-    assert after == before
-    assert not optuna.get_all_study_names(storage)
-
-
 def test_a_study_of_another_objective_is_refused(
     tracking_uri: str, storage: str, tmp_path: Path, capsys: Capture
 ) -> None:

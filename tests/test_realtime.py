@@ -121,35 +121,6 @@ def test_realtime_table_of_a_bidirectional_model_measures_offline_only(capsys: C
     assert len(streaming) == 8 and {cells[name] for name in streaming} == {"-"}
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (("--unidirectional", "--block", "64"), "multiple of the model's STFT hop"),
-        (("--unidirectional", "--block", "200"), "multiple of the model's STFT hop"),
-        (("--threads", "0"), "must be >= 1"),
-        (("--threads", "-2"), "must be >= 1"),
-        (("--stream",), "bidirectional LSTM"),
-        (("--unidirectional", "--precision", "bfloat16"), "'bfloat16' is not one of 'float32', 'float16'"),
-    ],
-)
-def test_realtime_bad_input_is_one_line_and_exit_2(
-    args: tuple[str, ...], message: str, capsys: Capture
-) -> None:
-    assert_one_line_error(run_main(capsys, "realtime", *SHAPE_ARGS, "--seconds", "0.5", *args), message)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_realtime_unavailable_device_is_an_error(capsys: Capture) -> None:
-    done = run_main(capsys, "realtime", "--hidden-size", "8", "--device", "cuda")
-    assert_one_line_error(done, "not available")
-
-
-def test_realtime_missing_model_is_an_error(tracking_uri: str, capsys: Capture) -> None:
-    done = run_main(capsys, "realtime", "--model", "0123456789abcdef0123456789abcdef", "--device", "cpu")
-    message = "cannot load model 'runs:/0123456789abcdef0123456789abcdef/model'"
-    assert_one_line_error(done, message, progress_before=True)
-
-
 def test_realtime_log_records_into_the_models_run(
     tracking_uri: str, logged_models: dict[str, str], capsys: Capture
 ) -> None:
@@ -174,10 +145,6 @@ def test_streaming_metrics_name_a_precision_other_than_float32() -> None:
         assert set(metrics) == {"rtf_cpu_1t", "rtf_compute_cpu_1t", name, "latency_ms_cpu_1t"} | {
             name.replace("rtf_streaming", quantile) for quantile in ("block_ms_median", "block_ms_p99")
         }
-
-
-def test_realtime_log_needs_a_model(capsys: Capture) -> None:
-    assert_one_line_error(run_main(capsys, "realtime", *SHAPE_ARGS, "--log"), "give --model")
 
 
 def test_separate_stream_writes_files(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import MlflowServer, assert_one_line_error, free_port, run_cli, run_main
+from conftest import MlflowServer, assert_one_line_error, run_cli, run_main
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from study_runs import write_study
@@ -343,12 +343,6 @@ def test_unknown_study_in_a_real_process(study: Study, mlflow_server: MlflowServ
     assert done.stdout == ""
 
 
-def test_unknown_format(capsys: Capture, tracking_uri: str) -> None:
-    done = run_main(capsys, "report", "--study", STUDY, "--format", "xml")
-    assert_one_line_error(done, "'xml'", "markdown")
-    assert done.stdout == ""
-
-
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -372,8 +366,3 @@ def test_nothing_to_report(
     done = run_main(capsys, "report", *args)
     assert_one_line_error(done, *words)
     assert done.stdout == ""
-
-
-def test_server_down(capsys: Capture, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    assert_one_line_error(run_main(capsys, "report", "--study", STUDY), "does not answer")
