@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 # headers that belong to one hop, not to the request or answer passed on
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """An upstream that is down (restarting) closes the client's connection without an answer,
+        as a server that went away would; no traceback on the proxy's stderr."""
 
 
 class CuttingProxy:
@@ -26,6 +33,7 @@ class CuttingProxy:
         self.upstream = urllib.parse.urlsplit(upstream).netloc
         self.pending: Counter[str] = Counter()
         self.cut_paths: list[str] = []
+        self._cut_until = 0.0  # time.monotonic() until which cut_for cuts every answer
         self._lock = threading.Lock()
         proxy = self
 
@@ -49,8 +57,7 @@ class CuttingProxy:
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(content)))
                 self.end_headers()
-                if proxy._take_cut(urllib.parse.urlsplit(self.path).path):
-                    assert content, f"an empty answer to {self.path} cannot be cut midway"
+                if proxy._take_cut(urllib.parse.urlsplit(self.path).path, bool(content)):
                     self.wfile.write(content[: len(content) // 2])
                     self.wfile.flush()
                     self.close_connection = True
@@ -62,7 +69,7 @@ class CuttingProxy:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002  (the base's name)
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -72,10 +79,19 @@ class CuttingProxy:
         with self._lock:
             self.pending[path] += times
 
-    def _take_cut(self, path: str) -> bool:
+    def cut_for(self, seconds: float) -> None:
+        """Cut every answer that has a body, whatever its path, for the next seconds."""
         with self._lock:
+            self._cut_until = time.monotonic() + seconds
+
+    def _take_cut(self, path: str, has_body: bool) -> bool:
+        with self._lock:
+            if has_body and time.monotonic() < self._cut_until:
+                self.cut_paths.append(path)
+                return True
             if self.pending[path] <= 0:
                 return False
+            assert has_body, f"an empty answer to {path} cannot be cut midway"
             self.pending[path] -= 1
             self.cut_paths.append(path)
             return True

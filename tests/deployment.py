@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,14 @@ def _server_user() -> str | None:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """A throwaway PostgreSQL cluster on 127.0.0.1, set up by the deployment's init script."""
+    with running_postgres() as pg:
+        yield pg
+
+
+@contextmanager
+def running_postgres() -> Iterator[Postgres]:
+    """The postgres fixture's cluster, for benchmarks too (benchmarks/chaos.py); pytest.skip where
+    PostgreSQL cannot run here."""
     bindir = postgres_bin()
     if bindir is None:
         pytest.skip("PostgreSQL is not installed (bash scripts/setup.sh test installs it)")

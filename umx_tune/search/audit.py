@@ -201,7 +201,7 @@ class Audit:
     def _plan(self, snap: Snapshot) -> Iterator[Finding]:
         groups: dict[tuple[str, int], list[FrozenTrial]] = defaultdict(list)
         for trial in snap.trials:
-            groups[_key(trial)].append(trial)
+            groups[trial_key(trial)].append(trial)
         plan = self.ctx.settings.plan
         if isinstance(plan, Grid):
             for replicate in range(self.ctx.settings.replicates):
@@ -335,7 +335,7 @@ def _number(run: Run) -> int | None:
         return None
 
 
-def _key(trial: FrozenTrial) -> tuple[str, int]:
+def trial_key(trial: FrozenTrial) -> tuple[str, int]:
     """What a trial runs: its grid entry and replicate, a confirmation's trial and seed, or (a search
     trial) the trial it retries, so that a retry and the trial it retries count as one."""
     entry = trial.user_attrs.get(GRID_ENTRY_ATTR)

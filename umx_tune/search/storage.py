@@ -140,14 +140,16 @@ def _server_rdb(url: str, kwargs: dict[str, Any], attempts: int = 5) -> RDBStora
     On an empty database every worker creates Optuna's tables; creations that race fail with a
     duplicate-key or duplicate-table error in all but one worker (seen with three workers on a
     fresh PostgreSQL, as `docker compose up --scale worker=3` starts them). Opening again then
-    finds the tables the winner made.
+    finds the tables the winner made. A race lost inside one of Optuna's sessions (its version row)
+    comes as Optuna's StorageInternalError instead (seen with three workers in benchmarks/chaos.py).
     """
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
+    lost_race = (IntegrityError, ProgrammingError, optuna.exceptions.StorageInternalError)
     for attempt in range(attempts):
         try:
             return RDBStorage(url, **kwargs)
-        except (IntegrityError, ProgrammingError):
+        except lost_race:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 + random.random())  # let the winner commit; spread the retries
