@@ -63,10 +63,16 @@ def separated(separator: Separator, mix: torch.Tensor) -> torch.Tensor:
         return separator(mix)
 
 
-def assert_same(loaded: Separator, original: Separator) -> None:
+def assert_same(loaded: Separator, original: Separator, channels: int = 2) -> None:
+    """The same networks (weights exactly), settings and STFT; so the same separation (checked)."""
     assert list(loaded.target_models) == list(original.target_models)
-    assert (loaded.niter, loaded.residual) == (original.niter, original.residual)
-    mix = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 2, 8000)).astype("float32"))
+    settings = ("niter", "residual", "wiener_win_len", "softmask")
+    assert [getattr(loaded, key) for key in settings] == [getattr(original, key) for key in settings]
+    for target, unmix in original.target_models.items():
+        theirs = loaded.target_models[target].state_dict()
+        assert all(torch.equal(theirs[key], value) for key, value in unmix.state_dict().items()), target
+    mix = np.random.default_rng(0).standard_normal((1, channels, 4000)).astype("float32")
+    mix = torch.from_numpy(mix)
     torch.testing.assert_close(separated(loaded, mix), separated(original, mix), rtol=0, atol=1e-6)
 
 
@@ -96,6 +102,23 @@ def test_a_logged_model_is_an_openunmix_folder_read_back_from_every_kind_of_refe
         assert not loaded.target_models["vocals"].lstm.bidirectional  # causal stays causal
         assert loaded.target_models["drums"].lstm.bidirectional
         assert_same(loaded, original)
+
+
+def test_a_folder_keeps_a_mono_network_and_its_wiener_settings(tmp_path: Path) -> None:
+    mono = CONFIG.replace(nb_channels=1, target="bass")
+    original = Separator(
+        {"bass": tiny_unmix(9, nb_channels=1)},
+        niter=0,
+        residual=True,
+        wiener_win_len=None,
+        nb_channels=1,
+        n_fft=mono.nfft,
+        n_hop=mono.nhop,
+    )
+    write_model_folder(original, tmp_path / "mono", {"bass": mono.to_params()})
+    loaded = read_model_folder(tmp_path / "mono", CPU)
+    assert loaded.complexnorm.mono and loaded.target_models["bass"].fc1.in_features == 372
+    assert_same(loaded, original, channels=1)
 
 
 class Payload:
