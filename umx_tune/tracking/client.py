@@ -168,10 +168,6 @@ class Client:
         """Bring a deleted run back (MLflow keeps it until its garbage collection)."""
         self._call(f"to restore run {run_id}", self._mlflow.restore_run, run_id)
 
-    def restore_run(self, run_id: str) -> None:
-        """Bring a deleted run back (MLflow keeps it until its garbage collection)."""
-        self._call(f"to restore run {run_id}", self._mlflow.restore_run, run_id)
-
     def end_run(self, run_id: str, status: str) -> None:
         """End the run with status (FINISHED, FAILED, KILLED); safe to repeat."""
         self._call(f"to end run {run_id}", self._mlflow.set_terminated, run_id, status=status)
