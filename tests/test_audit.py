@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import optuna
 import pytest
 from conftest import TINY, MainResult, assert_one_line_error, run_main
 from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from umx_tune import tracking
 from umx_tune.cli.options import option_name
+from umx_tune.search import mirror
 from umx_tune.search.plans import GRID_ENTRY_ATTR
 from umx_tune.search.worker import REASON_ATTR
 
@@ -141,3 +143,20 @@ def test_bad_audit_requests_are_one_line_errors(tracking_uri: str, tmp_path: Pat
     missing = f"sqlite:///{tmp_path / 'none.db'}"
     assert_one_line_error(audit(capsys, missing, "nothing", "--check"), "no Optuna storage")
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_lost_trial_that_never_learned_its_run_still_fails_it(tracking_uri: str) -> None:
+    """A worker killed between runs/create and recording the run id on its trial (seen in the chaos
+    run): mark_lost finds the run by its study and trial number, and leaves a finished one alone."""
+    client = MlflowClient()
+    experiment = client.create_experiment("unlinked")
+    tags = {tracking.TAG_STUDY: "unlinked", tracking.TAG_TRIAL_NUMBER: "3"}
+    lost = client.create_run(experiment, tags={**tags, tracking.TAG_TRIAL_STATE: "RUNNING"}).info.run_id
+    done = client.create_run(experiment, tags={**tags, tracking.TAG_TRIAL_STATE: "COMPLETE"}).info.run_id
+    client.set_terminated(done, "FINISHED")
+    now = datetime.datetime.now()
+    trial = FrozenTrial(3, TrialState.FAIL, None, now, now, {}, {}, {}, {}, {}, 3)
+    mirror.mark_lost(trial, "worker lost", study_name="unlinked")
+    assert client.get_run(lost).info.status == "FAILED"
+    assert client.get_run(lost).data.tags[tracking.TAG_TRIAL_STATE] == "FAIL"
+    assert client.get_run(done).info.status == "FINISHED"

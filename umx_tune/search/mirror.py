@@ -174,15 +174,26 @@ def end_orphan(run_id: str, reason: str) -> None:
     client.end_run(run_id, tracking.STATUS_FAILED)
 
 
-def mark_lost(trial: FrozenTrial, reason: str) -> None:
-    """A trial whose worker died: its run (if it got one) ends FAILED with the reason."""
-    run_id = trial.user_attrs.get(RUN_ID_ATTR)
-    if not run_id:
-        return
+def mark_lost(trial: FrozenTrial, reason: str, study_name: str | None = None) -> None:
+    """A trial whose worker died: its run (if it got one) ends FAILED with the reason.
+
+    A worker killed between creating the run and recording its id on the trial leaves a trial
+    that does not know its run; with study_name, such a run is found by its study and trial
+    number tags (only while it still says RUNNING: a later run of the number is another story).
+    """
     client = Client()
-    record_trial_end(run_id, trial, reason)
-    if client.get_run(run_id).info.status == tracking.STATUS_RUNNING:
-        client.end_run(run_id, tracking.STATUS_FAILED)
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    run_ids = [run_id] if run_id else []
+    if not run_ids and study_name is not None:
+        query = tracking.tag_equals(tracking.TAG_STUDY, study_name)
+        query += f" and {tracking.tag_equals(tracking.TAG_TRIAL_NUMBER, str(trial.number))}"
+        found = client.search_runs(client.experiment_ids(), query)
+        running = TrialState.RUNNING.name
+        run_ids = [r.info.run_id for r in found if r.data.tags.get(tracking.TAG_TRIAL_STATE) == running]
+    for lost in run_ids:
+        record_trial_end(lost, trial, reason)
+        if client.get_run(lost).info.status == tracking.STATUS_RUNNING:
+            client.end_run(lost, tracking.STATUS_FAILED)
 
 
 def finalize(parent_run_id: str, study: optuna.Study, objective: Objective, state: str) -> FrozenTrial | None:
