@@ -359,8 +359,11 @@ def search_plan(folder: Path, trials: int) -> list[str]:
     ]
 
 
-def chaos(folder: Path, seed: int, trials: int, schedule: Schedule, deadline: float) -> dict[str, Any]:
-    """Grid and search, each without faults (the baseline) and under the schedule."""
+def chaos(
+    folder: Path, seed: int, trials: int, schedule: Schedule, deadline: float, out: Path | None
+) -> dict[str, Any]:
+    """Grid and search, each without faults (the baseline) and under the schedule; with out, the
+    results so far are written there after each study (a long run that is stopped keeps them)."""
     results: dict[str, Any] = {}
     with running_postgres() as pg, stack(folder, pg) as built:
         for kind, plan in (("grid", grid_plan(folder, trials)), ("search", search_plan(folder, trials))):
@@ -370,6 +373,8 @@ def chaos(folder: Path, seed: int, trials: int, schedule: Schedule, deadline: fl
             hit["overhead"] = round(hit["wall_s"] / base["wall_s"] - 1, 2)
             hit["baseline"] = {k: base[k] for k in ("lost", "duplicated", "left_running", "disagreements")}
             results[kind] = hit
+            if out:
+                out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
 
 
@@ -380,9 +385,10 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=1500.0, help="seconds per study at most")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="umx-tune-chaos-") as tmp:
-        results = chaos(Path(tmp), args.seed, args.trials, Schedule(args.seed), args.deadline)
-    results["load"] = os.getloadavg()
+        results = chaos(Path(tmp), args.seed, args.trials, Schedule(args.seed), args.deadline, args.out)
+    results["load_start"], results["load_end"] = load_start, os.getloadavg()
     results["cpus"] = os.cpu_count()
     text = json.dumps(results, indent=2, default=str)
     print(text)
