@@ -205,7 +205,7 @@ def test_a_bad_resume_leaves_no_checkpoint_folder(tracking_uri: str, tmp_path: P
     assert not checkpoints.exists()
 
 
-def test_a_streaming_block_of_0_is_refused(tmp_path: Path, capsys: Capture) -> None:
+def test_a_streaming_block_of_0_is_refused_by_separate_and_realtime(tmp_path: Path, capsys: Capture) -> None:
     config = TrainConfig.from_dict({**TINY, "unidirectional": True})
     write_model_folder(build_separator(config, build_unmix(config), niter=0), tmp_path / "model")
     sf.write(tmp_path / "song.wav", np.zeros((4410, 2), dtype="float32"), SAMPLE_RATE)
@@ -213,6 +213,8 @@ def test_a_streaming_block_of_0_is_refused(tmp_path: Path, capsys: Capture) -> N
     refused = run_main(capsys, "separate", *args, "--stream", "--block", "0")
     assert_one_line_error(refused, "block=0 samples must be a multiple of the model's STFT hop")
     assert not (tmp_path / "out").exists()
+    measured = run_main(capsys, "realtime", "--model", str(tmp_path / "model"), "--block", "0")
+    assert_one_line_error(measured, "block=0 samples must be a multiple of the model's STFT hop")
 
 
 @pytest.mark.slow
