@@ -103,11 +103,13 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
         state, told, reason = TrialState.PRUNED, None, str(pruned)
         attrs[PRUNED_EPOCH_ATTR] = pruned.epoch
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: queued again for a resume
-        _finish(ctx, study, trial, TrialState.FAIL, None, interruption(stop), {})
-        requeue(study, ctx.storage.get_trial(trial._trial_id))
+        reason = interruption(stop)
+        interrupted = _give_back(study, trial, reason, counted=True)
+        if interrupted is not None:
+            _mirror_end(interrupted, reason)
         raise
     except TrackingUnreachable as lost:
-        _give_back(study, trial, lost)
+        _give_back(study, trial, f"{type(lost).__name__}: {first_line(lost)}", counted=False)
         raise TrackingUnreachable(
             f"{lost} ({progress.named(trial)} is queued again; the same command resumes the study)"
         ) from None
@@ -122,20 +124,22 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
     return frozen.state.name
 
 
-def _give_back(study: optuna.Study, trial: optuna.Trial, err: TrackingUnreachable) -> None:
-    """A trial that could not reach MLflow (down for longer than a run's start waits): failed, and
-    queued again without counting as a retry, for this or another worker to run once it answers.
+def _give_back(study: optuna.Study, trial: optuna.Trial, reason: str, counted: bool) -> FrozenTrial | None:
+    """Fail a trial that was stopped, not finished, and queue it again at once, before anything
+    waits on MLflow (a SIGKILL that follows a SIGTERM then loses nothing). Returns the failed trial,
+    or None where another worker failed it as stale first (and queued it itself).
 
-    Its run, if it has one, is not ended here (that would wait out MLflow's own minutes of
-    retries): its heartbeat stops, and the next run started in the experiment ends it FAILED.
+    counted=False (MLflow unreachable, not the trial's fault) spends none of its retries; nor is
+    its run ended then (that would wait out MLflow's own minutes of retries): its heartbeat stops,
+    and the next run started in the experiment ends it FAILED.
     """
-    reason = f"{type(err).__name__}: {first_line(err)}"
     try:
         trial.set_user_attr(REASON_ATTR, reason)
         frozen = study.tell(trial, state=TrialState.FAIL)
     except (UpdateFinishedTrialError, ValueError):
-        return  # failed as stale by another worker, which has queued it again
-    requeue(study, frozen, counted=False)
+        return None
+    requeue(study, frozen, counted)
+    return frozen
 
 
 def _finish(
@@ -162,10 +166,15 @@ def _finish(
         reason = f"finished after being failed as stale; its retry counts instead ({reason or 'ok'})"
     if frozen.state == TrialState.FAIL and reason is None:
         reason = f"objective value not usable: {values}"  # Optuna fails NaN values itself
+    _mirror_end(frozen, reason)
+    return frozen, reason
+
+
+def _mirror_end(frozen: FrozenTrial, reason: str | None) -> None:
+    """The finished trial's outcome on its run, if it has one."""
     run_id = frozen.user_attrs.get(mirror.RUN_ID_ATTR)
     if run_id:
         mirror.record_trial_end(run_id, frozen, reason)
-    return frozen, reason
 
 
 def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
