@@ -5,6 +5,7 @@ metrics, params, tags and artifact paths (it imports no MLflow, so anything may 
     retry    the one retry policy for MLflow calls (all of them safe to repeat)
     client   every MLflow call umx-tune makes, retried, its refusals one-line TrackingErrors
     runs     a run: start, log, end (RunTracker, bound to its run id)
+    heartbeat  a live run's heartbeat tag, and ending the runs of killed processes
     system   MLflow's system metrics (CPU, memory, disk, network, GPU) sampled while a run is open
     models   models: load, find their run
 
