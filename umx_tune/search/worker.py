@@ -182,7 +182,8 @@ def on_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     (queued first: a tracking server that is down then loses no trial)."""
     print(f"{study.study_name}: trial {trial.number} lost its worker (no heartbeat)", file=sys.stderr)
     requeue(study, trial)
-    mirror.mark_lost(trial, "worker lost: no heartbeat within the grace period")
+    # by its study and number too: a worker killed before the trial learned its run id
+    mirror.mark_lost(trial, "worker lost: no heartbeat within the grace period", study.study_name)
 
 
 def requeue(study: optuna.Study, trial: FrozenTrial, counted: bool = True) -> None:
