@@ -33,6 +33,7 @@ class CuttingProxy:
         self.upstream = urllib.parse.urlsplit(upstream).netloc
         self.pending: Counter[str] = Counter()
         self.cut_paths: list[str] = []
+        self.requests: Counter[str] = Counter()  # path -> requests forwarded
         self._cut_until = 0.0  # time.monotonic() until which cut_for cuts every answer
         self._lock = threading.Lock()
         proxy = self
@@ -86,6 +87,7 @@ class CuttingProxy:
 
     def _take_cut(self, path: str, has_body: bool) -> bool:
         with self._lock:
+            self.requests[path] += 1
             if has_body and time.monotonic() < self._cut_until:
                 self.cut_paths.append(path)
                 return True

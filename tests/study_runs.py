@@ -84,30 +84,40 @@ def study_trials() -> list[Trial]:
     return [*trials, causal, started, pruned]
 
 
-def _batch(trial: Trial, now: int) -> tuple[list[Metric], list[Param]]:
-    """Per-epoch train/valid loss and epoch time (step = epoch), final metrics, all params."""
-    config = TrainConfig.from_dict(trial.params)
+def _curves(trial: Trial) -> dict[str, list[float]]:
+    """Per-epoch train/valid loss and epoch time."""
     total = trial.metrics.get(tracking.TRAIN_SECONDS, 60.0 * len(trial.train_losses))
     epoch_seconds = total / max(1, len(trial.train_losses))
-    metrics = []
-    for epoch, loss in enumerate(trial.train_losses, start=1):
-        metrics += [
-            Metric(tracking.TRAIN_LOSS, loss, now + epoch, epoch),
-            Metric(tracking.VALID_LOSS, round(loss * 1.1, 4), now + epoch, epoch),
-            Metric(tracking.EPOCH_SECONDS, epoch_seconds, now + epoch, epoch),
-        ]
+    return {
+        tracking.TRAIN_LOSS: trial.train_losses,
+        tracking.VALID_LOSS: [round(loss * 1.1, 4) for loss in trial.train_losses],
+        tracking.EPOCH_SECONDS: [epoch_seconds] * len(trial.train_losses),
+    }
+
+
+def _batch(trial: Trial, now: int) -> tuple[list[Metric], list[Param]]:
+    """The curves (step = epoch), final metrics, all params."""
+    config = TrainConfig.from_dict(trial.params)
+    metrics = [
+        Metric(name, value, now + epoch, epoch)
+        for name, values in _curves(trial).items()
+        for epoch, value in enumerate(values, start=1)
+    ]
     metrics += [Metric(k, v, now + 100, 0) for k, v in trial.metrics.items()]
     params = [Param(k, str(v)) for k, v in config.to_params().items()]
     return metrics, params
 
 
-def write_study(client: MlflowClient, experiment: str, study: str) -> tuple[str, dict[str, str]]:
-    """Write the study; returns the parent run id and {trial run name: run id}."""
+def write_study(
+    client: MlflowClient, experiment: str, study: str, copies: int = 1
+) -> tuple[str, dict[str, str]]:
+    """Write the study (its trials `copies` times: replicates); returns the parent run id and
+    {trial run name: run id} (of the last copy)."""
     experiment_id = client.create_experiment(experiment)
     now = int(time.time() * 1000)
     parent = client.create_run(experiment_id, now, tags={tracking.TAG_STUDY: study}, run_name=study)
     ids = {}
-    for trial in study_trials():
+    for trial in [t for _ in range(copies) for t in study_trials()]:
         tags = {
             tracking.TAG_STUDY: study,
             tracking.TAG_PARENT_RUN: parent.info.run_id,
@@ -118,6 +128,8 @@ def write_study(client: MlflowClient, experiment: str, study: str) -> tuple[str,
             tags[tracking.TAG_GRID_ENTRY] = trial.grid_entry
         if trial.loaded:
             tags[tracking.TAG_LOADED_MACHINE] = "true"
+        if trial.train_losses:  # as the pipeline tags each epoch
+            tags[tracking.TAG_CURVES] = tracking.curves_tag(_curves(trial))
         run = client.create_run(experiment_id, now + trial.number, tags=tags, run_name=trial.run_name)
         metrics, params = _batch(trial, now)
         client.log_batch(run.info.run_id, metrics=metrics, params=params)

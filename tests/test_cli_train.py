@@ -99,6 +99,13 @@ def check_training_run(client: MlflowClient, run_id: str) -> None:
     assert tags[tracking.TAG_RTF_DEVICE] == "cpu" and tags[tracking.TAG_RTF_THREADS] == "1"
     assert 0 < metrics[tracking.REALTIME_FACTOR_COMPUTE] <= 1.5 * metrics[tracking.REALTIME_FACTOR]
     assert metrics[tracking.TRAIN_COMPUTE_SECONDS] > 0 and metrics[tracking.LOAD_PER_CORE] >= 0
+    # the curves tag `report` reads holds the metric histories (to its 6 significant digits)
+    curves = tracking.read_curves_tag(tags[tracking.TAG_CURVES])
+    assert curves is not None and set(curves) == set(tracking.CURVE_METRICS)
+    for key, values in curves.items():
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        assert [step for step, _ in values] == [step for step, _ in history]
+        assert [v for _, v in values] == pytest.approx([v for _, v in history], rel=1e-5)
     if run.data.params["unidirectional"] == "True":
         assert metrics[tracking.REALTIME_FACTOR_STREAMING] > 0
         assert metrics[tracking.LATENCY_MS] == pytest.approx(1000 * (1024 - 256 + 2 * 256) / SAMPLE_RATE)

@@ -21,6 +21,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from conftest import MlflowServer, assert_one_line_error, run_cli, run_main
+from cutting_proxy import CuttingProxy
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from study_runs import write_study
@@ -324,6 +325,29 @@ def test_runs_by_id(study: Study, capsys: Capture, tracking_uri: str) -> None:
     training, scores = markdown_tables(out)
     assert list(training) == ["open-unmix2", "trial-7"]
     assert "rtf_streaming" not in next(iter(scores.values()))  # no run has it: column left out
+
+
+def test_a_study_is_read_in_a_bounded_number_of_requests(
+    mlflow_server: MlflowServer, capsys: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The curves come from each run's curves tag, not a metric-history request per run and metric:
+    a study of three times the trials takes the same requests."""
+    proxy = CuttingProxy(mlflow_server.uri)
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxy.url)
+    counts = []
+    try:
+        for copies in (1, 3):
+            write_study(client, f"bounded-{copies}", f"bounded-{copies}", copies=copies)
+            proxy.requests.clear()
+            done = run_main(capsys, "report", "--study", f"bounded-{copies}", "--no-plots")
+            assert done.returncode == 0, done.stderr
+            assert "| open-unmix5 " in done.stdout
+            assert not [path for path in proxy.requests if "get-history" in path], proxy.requests
+            counts.append(sum(proxy.requests.values()))
+    finally:
+        proxy.close()
+    assert counts[0] == counts[1] <= 12, counts
 
 
 # ---- bad input: one line, exit 2 -------------------------------------------------------------

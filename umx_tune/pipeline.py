@@ -84,7 +84,7 @@ def _run(
     trainer = Trainer(config, data, device, checkpoints, progress, loader_workers=share.loader_workers)
 
     def after_epoch(result: EpochResult) -> None:
-        tracker.log_metrics(_epoch_metrics(result), step=result.epoch)
+        tracker.log_metrics(_epoch_metrics(result), step=result.epoch, tags=_curves(trainer.state))
         if progress:
             _print_epoch(result, config.epochs)
         if on_epoch is not None:
@@ -131,6 +131,16 @@ def _init_weights(config: TrainConfig, tracker: RunTracker) -> StateDict:
     weights = init_weights(loaded.separator, config, loaded.source)
     tracker.set_tags(init_tags(loaded.source))
     return weights
+
+
+def _curves(state: TrainState) -> dict[str, str]:
+    """The curves tag of every epoch so far (`report` reads it instead of the metric histories)."""
+    curves = {
+        tracking.TRAIN_LOSS: state.train_losses,
+        tracking.VALID_LOSS: state.valid_losses,
+        tracking.EPOCH_SECONDS: state.epoch_seconds,
+    }
+    return {tracking.TAG_CURVES: tracking.curves_tag(curves)}
 
 
 def _epoch_metrics(result: EpochResult) -> dict[str, float]:

@@ -17,8 +17,6 @@ from umx_tune.evaluation.protocol import Protocol, check_same
 from umx_tune.tracking.client import Client, Run
 from umx_tune.tracking.server import check_server, tracking_uri
 
-CURVE_METRICS = (tracking.TRAIN_LOSS, tracking.VALID_LOSS, tracking.EPOCH_SECONDS)
-
 
 @dataclass
 class RunRow:
@@ -116,11 +114,16 @@ def _int_or_none(text: str | None) -> int | None:
 
 
 def run_row(client: Client, run: Run) -> RunRow:
-    """A RunRow from an MLflow run, fetching the per-epoch histories it has."""
+    """A RunRow from an MLflow run: its curves from its curves tag, else (runs logged before the
+    tag, or of hundreds of epochs) from its metric histories, a request per metric."""
     tags = run.data.tags
-    curves = {
-        key: client.metric_history(run.info.run_id, key) for key in CURVE_METRICS if key in run.data.metrics
-    }
+    curves = tracking.read_curves_tag(tags.get(tracking.TAG_CURVES))
+    if curves is None:
+        curves = {
+            key: client.metric_history(run.info.run_id, key)
+            for key in tracking.CURVE_METRICS
+            if key in run.data.metrics
+        }
     entry = tags.get(tracking.TAG_GRID_ENTRY) or None
     return RunRow(
         run_id=run.info.run_id,

@@ -27,6 +27,11 @@ DEFAULT_EXPERIMENT = "umx-tune"
 TRAIN_LOSS = "train_loss"
 VALID_LOSS = "valid_loss"
 EPOCH_SECONDS = "epoch_seconds"
+# the per-epoch curves again, as one tag that each epoch's metrics batch rewrites: `report` reads a
+# study's curves from the runs it lists, with no request per run and metric (curves_tag)
+TAG_CURVES = "umx_tune.curves"
+CURVE_METRICS = (TRAIN_LOSS, VALID_LOSS, EPOCH_SECONDS)
+CURVES_IN_HISTORY = "metric-history"  # TAG_CURVES of a run whose curves outgrew a tag
 LEARNING_RATE = "lr"
 BEST_EPOCH = "best_epoch"
 EPOCHS_TRAINED = "epochs_trained"
@@ -228,6 +233,30 @@ def filter_literal(value: str) -> str:
 def tag_equals(key: str, value: str) -> str:
     """An MLflow search filter for the runs whose tag key equals value: tags.`key` = 'value'."""
     return f"tags.`{key}` = {filter_literal(value)}"
+
+
+def curves_tag(curves: dict[str, list[float]]) -> str:
+    """TAG_CURVES' value: {metric: [value of epoch 1, 2, …]} as compact JSON (6 significant digits),
+    or CURVES_IN_HISTORY when that outgrows MLflow's tag limit (a few hundred epochs)."""
+    import json
+
+    rounded = {name: [float(f"{v:.6g}") for v in values] for name, values in curves.items()}
+    text = json.dumps(rounded, separators=(",", ":"))
+    return text if len(text) <= MAX_TAG_LENGTH else CURVES_IN_HISTORY
+
+
+def read_curves_tag(text: str | None) -> dict[str, list[tuple[int, float]]] | None:
+    """{metric: [(epoch, value)]} from a TAG_CURVES value; None where the run has none (logged before
+    the tag, or CURVES_IN_HISTORY): its curves are in the metric histories."""
+    import json
+
+    if not text or text == CURVES_IN_HISTORY:
+        return None
+    try:
+        curves = json.loads(text)
+        return {str(k): [(i, float(v)) for i, v in enumerate(vs, start=1)] for k, vs in curves.items()}
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 def realtime_values(measurement: Measurement, suffix: str = "") -> tuple[dict[str, float], dict[str, str]]:

@@ -194,18 +194,26 @@ class Client:
     def set_tag(self, run_id: str, key: str, value: object) -> None:
         self._call(f"to tag run {run_id}", self._mlflow.set_tag, run_id, key, str(value))
 
-    def log_soon(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> Callable[[], None]:
-        """Log metrics without waiting on the server. Returns the function that waits for them: a
-        batch MLflow's background logging failed to send is sent again then, waiting and retried."""
-        batch = _metrics(metrics, step)
-        operation = self._mlflow.log_batch(run_id, metrics=batch, synchronous=False)
+    def log_soon(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float],
+        step: int = 0,
+        tags: Mapping[str, object] | None = None,
+    ) -> Callable[[], None]:
+        """Log metrics (and tags, in the same batch) without waiting on the server. Returns the
+        function that waits for them: a batch MLflow's background logging failed to send is sent
+        again then, waiting and retried."""
+        batch, tagged = _metrics(metrics, step), _tags(tags or {})
+        operation = self._mlflow.log_batch(run_id, metrics=batch, tags=tagged, synchronous=False)
 
         def settle() -> None:
             try:
                 if operation is not None:
                     operation.wait()
             except MlflowException:
-                self._call(f"to log metrics to run {run_id}", self._mlflow.log_batch, run_id, metrics=batch)
+                doing = f"to log metrics to run {run_id}"
+                self._call(doing, self._mlflow.log_batch, run_id, metrics=batch, tags=tagged)
 
         return settle
 

@@ -101,9 +101,12 @@ class RunTracker:
         """The dataset as an MLflow input (context 'training') with its digest."""
         self._client.log_dataset(self.run_id, root, name, digest, DATASET_CONTEXT)
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Metrics, logged in the background so that logging never waits on the server."""
-        self._pending.append(self._client.log_soon(self.run_id, metrics, step or 0))
+    def log_metrics(
+        self, metrics: dict[str, float], step: int | None = None, tags: dict[str, Any] | None = None
+    ) -> None:
+        """Metrics (and tags, in the same batch), logged in the background so that logging never
+        waits on the server."""
+        self._pending.append(self._client.log_soon(self.run_id, metrics, step or 0, tags))
 
     def flush(self) -> None:
         """Wait until every metric logged so far is stored (one lost in the background is sent again)."""

@@ -101,6 +101,7 @@ class Trainer:
         """loader_workers: DataLoader worker processes [default: config.nb_workers]; result-neutral."""
         self.config = config
         self.loader_workers = config.nb_workers if loader_workers is None else loader_workers
+        self.state = TrainState()  # fit's, from its start
         self.data = data
         self.device = device
         self.checkpoint_dir = checkpoint_dir
@@ -121,6 +122,7 @@ class Trainer:
             unmix = self._fresh(init)
             optimizer, scheduler = self.make_optimizer(unmix)
             state, best = TrainState(), copy.deepcopy(unmix.state_dict())
+        self.state = state  # what the epoch callback can read: every epoch so far, a resume's too
         while state.epoch < self.config.epochs:
             result = self._run_epoch(unmix, optimizer, scheduler, state)
             if result.best_epoch == result.epoch:
