@@ -303,6 +303,7 @@ class CallTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.methods: dict[str, int] = defaultdict(int)  # 'group.method' -> outermost calls
         self._depth = threading.local()
 
     def wrap(self, cls: type, group: str, extra: tuple[str, ...] = ()) -> None:
@@ -323,6 +324,7 @@ class CallTimer:
                 if depth == 0:
                     self.seconds[group] += time.perf_counter() - started
                     self.calls[group] += 1
+                    self.methods[f"{group}.{method.__name__}"] += 1
 
         return timed
 
@@ -350,6 +352,7 @@ def profiled_worker(out: Path, argv: list[str]) -> None:
         "wall": time.perf_counter() - started,
         "seconds": timer.seconds,
         "calls": timer.calls,
+        "methods": timer.methods,
     }
     out.write_text(json.dumps(result))
 
@@ -387,12 +390,15 @@ def storage_overhead(workers: int, root: Path, trials: int = 3) -> dict[str, Any
     groups = ("optuna", "mlflow_tracking", "mlflow_artifacts")
     per_trial = {g: sum(r["seconds"].get(g, 0.0) for r in reports) / trials for g in groups}
     calls = {g: sum(r["calls"].get(g, 0) for r in reports) / trials for g in groups}
+    methods = sorted({m for r in reports for m in r["methods"]})
+    by_method = {m: sum(r["methods"].get(m, 0) for r in reports) / trials for m in methods}
     return {
         "workers": workers,
         "trials": trials,
         "wall_seconds": max(r["wall"] for r in reports),
         "seconds_per_trial": per_trial,
         "calls_per_trial": calls,
+        "calls_per_trial_by_method": by_method,
         "storage_seconds_per_trial": per_trial["optuna"] + per_trial["mlflow_tracking"],
     }
 
