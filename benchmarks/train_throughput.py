@@ -6,6 +6,8 @@ threads) for the same number of batches, interleaved run by run so that machine 
 alike. The reference reproduces `scripts/train.py`'s train() with `openunmix.data.MUSDBDataset`
 (random track mix, gain and channel-swap augmentation), which reads every chunk through musdb.
 Data-loading share = time to iterate the same DataLoader alone / time of the training pass.
+The ceiling: the same network's forward + backward + step on umx-tune's batches already in memory,
+which no data pipeline can beat (issue 16: umx-tune's trainer at >= 0.9 of it, hidden 512, batch 16).
 With --compare-sourcefolder, umx-tune's training pass on the synthetic tracks read as musdb and
 as Open-Unmix's sourcefolder layout of the same files (`train/<source>/<track>.wav`, symlinks):
 the same reads, so the two rates should agree (issue 13: within 10%).
@@ -92,8 +94,12 @@ def measure(config: TrainConfig, nb_batches: int, repeats: int) -> dict:
     trainer = Trainer(ours_config, data, torch.device("cpu"), Path("/tmp/umx-bench-ckpt"), progress=False)
     samples = len(trainer.train_set)
     ref_loader = reference_loader(config, data.root)
-    results: dict[str, list[float]] = {k: [] for k in ("ref_s", "ref_load_s", "ours_s", "ours_load_s")}
+    results: dict[str, list[float]] = {
+        k: [] for k in ("ref_s", "ref_load_s", "ours_s", "ours_load_s", "ceiling_s")
+    }
+    in_memory = list(trainer.train_loader(1))
     for _ in range(repeats):
+        results["ceiling_s"].append(timed(lambda: reference_train(ours_config, in_memory)))
         results["ref_s"].append(timed(lambda: reference_train(config, take(ref_loader, nb_batches))))
         results["ref_load_s"].append(timed(lambda: list(take(ref_loader, nb_batches))))
         unmix = build_unmix(ours_config)
@@ -109,6 +115,8 @@ def measure(config: TrainConfig, nb_batches: int, repeats: int) -> dict:
         "reference_samples_per_s": round(ref_samples / med["ref_s"], 3),
         "umx_tune_samples_per_s": round(samples / med["ours_s"], 3),
         "ratio": round((samples / med["ours_s"]) / (ref_samples / med["ref_s"]), 2),
+        "ceiling_samples_per_s": round(samples / med["ceiling_s"], 3),
+        "umx_tune_of_ceiling": round(med["ceiling_s"] / med["ours_s"], 3),
         "reference_loading_share": round(med["ref_load_s"] / med["ref_s"], 3),
         "umx_tune_loading_share": round(med["ours_load_s"] / med["ours_s"], 3),
         "raw_seconds": results,
