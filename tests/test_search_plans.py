@@ -255,6 +255,7 @@ def test_mlproject_optimize_entry_point_has_every_option() -> None:
     # `mlflow run --experiment-name` chooses the experiment (the study adopts the project's run);
     # output, printing and process-placement options are for the command line
     local = {"quiet", "show_grid", "show_space", "checkpoint_dir", "experiment"}
+    local |= {"check", "repair"}  # the study audit prints and exits, as --show-grid does
     local |= {"backend", "spark_master", "spark_workers"}
     local |= {f"no_{f.name}" for f in param_fields()}  # --no-audio: MLproject passes --audio false
     options = {p.name for p in command.params} - local
