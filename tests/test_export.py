@@ -4,7 +4,6 @@ the README's recipe (Open-Unmix's loader builds every local model bidirectional)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -55,8 +54,7 @@ def test_an_exported_run_separates_in_openunmix_as_in_umx_tune(
     assert_close(ours["accompaniment"], estimates[1])
     assert_one_line_error(run_main(capsys, "export", run_id, "--out", str(out)), str(out), "not an empty")
 
-    if importlib.util.find_spec("torchcodec") is None:
-        pytest.skip("`umx` reads and writes audio through torchaudio 2.11, which needs torchcodec")
+    # `umx` reads and writes audio through torchaudio 2.11, that is through torchcodec (a dependency)
     umx = [str(VENV_BIN / "umx"), "--model", str(out), "--targets", "vocals", "--residual", "accompaniment"]
     done = subprocess.run(
         [*umx, "--outdir", str(tmp_path / "umx"), str(mix)], capture_output=True, text=True, env=cli_env()
