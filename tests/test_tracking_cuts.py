@@ -17,7 +17,6 @@ from umx_tune import tracking
 from umx_tune.search import mirror
 from umx_tune.tracking.runs import start_run
 
-SET_TAG = "/api/2.0/mlflow/runs/set-tag"
 UPDATE_RUN = "/api/2.0/mlflow/runs/update"
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 
@@ -46,12 +45,12 @@ def test_a_cut_while_a_failed_run_ends_leaves_that_run_failed_with_its_reason(
     proxy: CuttingProxy, mlflow_server: MlflowServer
 ) -> None:
     experiment = "test-cut-run-end"
-    proxy.cut(SET_TAG)  # the error tag
+    proxy.cut(LOG_BATCH)  # the end's batch: the staged metric and the error tag
     proxy.cut(UPDATE_RUN)  # the end itself
     with pytest.raises(RuntimeError, match="boom"), start_run(experiment=experiment, run_name="cut") as run:
         run.log_metrics({"m": 1.0}, step=1)
         raise RuntimeError("boom")
-    assert proxy.cut_paths == [SET_TAG, UPDATE_RUN]
+    assert proxy.cut_paths == [LOG_BATCH, UPDATE_RUN]
     (ended,) = _runs(mlflow_server, experiment)  # no second run carries the error
     assert ended.info.run_id == run.run_id
     assert ended.info.status == "FAILED"

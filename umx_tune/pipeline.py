@@ -57,7 +57,8 @@ def run_experiment(
 ) -> ExperimentResult:
     """Train config, evaluate it on the test tracks and log everything to tracker's run.
 
-    on_epoch is called after each epoch has been logged (Optuna reports and prunes there).
+    on_epoch is called after each epoch (Optuna reports and prunes there); what it logs goes out
+    with the epoch's batch.
     resume continues from the run's last checkpoint under checkpoint_root. The run shares this
     machine's cores with the other umx-tune processes on it (umx_tune/cores.py).
     """
@@ -79,6 +80,7 @@ def _run(
     excerpt = listen.choose(data.test, config)  # an unknown listen_track fails before training
     tracker.log_config(config.replace(threads=share.threads))  # the param says what ran
     tracker.set_tags({tracking.TAG_DEVICE: str(device), tracking.TAG_LOADER_WORKERS: share.loader_workers})
+    tracker.send()  # the start-of-run batch: params, versions, signature, device, the driver's tags
     tracker.log_dataset(data.root, data.digest(), name=data.root.name)
     checkpoints = run_checkpoint_dir(checkpoint_root, tracker.run_id)
     trainer = Trainer(config, data, device, checkpoints, progress, loader_workers=share.loader_workers)
@@ -89,6 +91,7 @@ def _run(
             _print_epoch(result, config.epochs)
         if on_epoch is not None:
             on_epoch(result)
+        tracker.send(wait=False)  # the epoch's batch (a pruned epoch's goes with the run's end)
 
     init = _init_weights(config, tracker) if config.init_model and not resume else None
     training = trainer.fit(after_epoch, resume=resume, init=init)

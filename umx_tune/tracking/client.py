@@ -15,12 +15,14 @@ import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 
 import mlflow
 import requests
 from mlflow.entities import Experiment, Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repo import ArtifactRepository
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from umx_tune.errors import TrackingError, TrackingUnreachable, first_line
@@ -73,13 +75,18 @@ def _tags(tags: Mapping[str, object]) -> list[RunTag]:
     return [RunTag(key, str(value)) for key, value in tags.items()]
 
 
-def _metrics(metrics: Mapping[str, float], step: int) -> list[Metric]:
+def _metrics(metrics: Mapping[str, float], step: int, model_id: str | None = None) -> list[Metric]:
     now = _now_ms()
-    return [Metric(key, float(value), now, step) for key, value in metrics.items()]
+    return [Metric(key, float(value), now, step, model_id=model_id) for key, value in metrics.items()]
 
 
 class Client:
     """MlflowClient for umx-tune, on the tracking URI current when it is made."""
+
+    # (tracking URI, name) -> experiment id: a worker starts run after run in one experiment
+    _experiment_ids: ClassVar[dict[tuple[str, str], str]] = {}
+    # run id -> artifact URI, of the runs this process made or read: their uploads need not ask
+    _artifact_uris: ClassVar[dict[str, str]] = {}
 
     def __init__(self) -> None:
         try:
@@ -88,6 +95,7 @@ class Client:
             raise TrackingError(
                 f"MLflow cannot use tracking URI {mlflow.get_tracking_uri()!r}: {first_line(err)}"
             ) from None
+        self.tracking_uri: str = self._mlflow.tracking_uri
 
     def _call(self, doing: str, call: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """call under the retry policy; its failure as a one-line TrackingError about `doing`."""
@@ -101,7 +109,14 @@ class Client:
         return self._call(f"to read experiment {name!r}", self._mlflow.get_experiment_by_name, name)
 
     def experiment_id(self, name: str) -> str:
-        """The experiment's id, creating it (another worker may create it at the same moment)."""
+        """The experiment's id, creating it (another worker may create it at the same moment);
+        asked of the server once per process."""
+        key = (self.tracking_uri, name)
+        if key not in Client._experiment_ids:
+            Client._experiment_ids[key] = self._experiment_id(name)
+        return Client._experiment_ids[key]
+
+    def _experiment_id(self, name: str) -> str:
         found = self.find_experiment(name)
         if found is not None:
             return str(found.experiment_id)
@@ -146,15 +161,19 @@ class Client:
             attempted = True
             return self._mlflow.create_run(experiment_id, tags=resolved, run_name=run_name)
 
-        return self._call("to start the run", create)
+        return self._known(self._call("to start the run", create))
 
     def get_run(self, run_id: str) -> Run:
-        return self._call(f"to read run {run_id}", self._mlflow.get_run, run_id)
+        return self._known(self._call(f"to read run {run_id}", self._mlflow.get_run, run_id))
+
+    def _known(self, run: Run) -> Run:
+        Client._artifact_uris[run.info.run_id] = run.info.artifact_uri
+        return run
 
     def find_run(self, run_id: str) -> Run | None:
         """The run, or None where the server has no run of that id."""
         try:
-            return retried(self._mlflow.get_run)(run_id)
+            return self._known(retried(self._mlflow.get_run)(run_id))
         except MlflowException as err:
             if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
@@ -180,13 +199,15 @@ class Client:
         params: Mapping[str, object] | None = None,
         tags: Mapping[str, object] | None = None,
         step: int = 0,
+        model_id: str | None = None,
     ) -> None:
-        """Metrics (at step), params and tags, in one batch; waits for the server."""
+        """Metrics (at step; linked to the LoggedModel model_id, if given), params and tags, in one
+        batch; waits for the server."""
         self._call(
             f"to log to run {run_id}",
             self._mlflow.log_batch,
             run_id,
-            metrics=_metrics(metrics or {}, step),
+            metrics=_metrics(metrics or {}, step, model_id),
             params=[Param(key, str(value)) for key, value in (params or {}).items()],
             tags=_tags(tags or {}),
         )
@@ -232,17 +253,25 @@ class Client:
         self._call(f"to log dataset {name!r} to run {run_id}", self._mlflow.log_inputs, run_id, [entry])
 
     # artifacts
+    def _artifacts(self, run_id: str) -> ArtifactRepository:
+        """The run's artifact store (its URI read from the server only if this process has not)."""
+        uri = Client._artifact_uris.get(run_id) or self.get_run(run_id).info.artifact_uri
+        return get_artifact_repository(uri, tracking_uri=self.tracking_uri)
+
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         doing = f"to store {path.name} in run {run_id}"
-        self._call(doing, self._mlflow.log_artifact, run_id, str(path), artifact_path)
+        self._call(doing, lambda: self._artifacts(run_id).log_artifact(str(path), artifact_path))
 
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
         doing = f"to store {artifact_path}/ in run {run_id}"
-        self._call(doing, self._mlflow.log_artifacts, run_id, str(folder), artifact_path)
+        self._call(doing, lambda: self._artifacts(run_id).log_artifacts(str(folder), artifact_path))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        doing = f"to store {artifact_file} in run {run_id}"
-        self._call(doing, self._mlflow.log_text, run_id, text, artifact_file)
+        """text as the file artifact_file ('folder/name.json') of the run."""
+        with tempfile.TemporaryDirectory(prefix="umx-tune-") as tmp:
+            path = Path(tmp) / posixpath.basename(artifact_file)
+            path.write_text(text, encoding="utf-8")
+            self.log_artifact(run_id, path, posixpath.dirname(artifact_file) or None)
 
     def read_text(self, run_id: str, artifact_file: str) -> str | None:
         """A text artifact of the run (as log_text stored it), or None where the run has none."""
@@ -284,29 +313,42 @@ class Client:
                 return items
 
     # models
-    def log_model(self, run: Run, write: Callable[[Path], None], flavor: Mapping[str, object]) -> str:
+    def log_model(
+        self, run: Run, write: Callable[[Path], None], flavor: Mapping[str, object]
+    ) -> tuple[str, str]:
         """The run's model, as its output: the files write(folder) puts into a folder plus the MLmodel
-        file naming MODEL_FLAVOR (with flavor's keys); returns its model URI.
+        file naming MODEL_FLAVOR (with flavor's keys); returns its model URI and LoggedModel id.
 
         No pytorch flavor: its pickle would run any code it holds when loaded (tracking.models
         reads the folder instead). The LoggedModel is made here, in the run's experiment (MLflow
-        would put one logged without an active run in the default experiment). A retry after a cut
-        may leave the first attempt's LoggedModel behind, which MLflow marks FAILED.
+        would put one logged without an active run in the default experiment), in MLflow's
+        Model.log steps less its reads: Model.log reads the run's every metric history back to
+        link its step-0 metrics to the model, which the caller does by logging them with the
+        model's id (`log`'s model_id). A retry after a cut may leave the first attempt's
+        LoggedModel behind, PENDING.
         """
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import Model
 
-        def log() -> str:
+        def log() -> tuple[str, str]:
             logged = self._mlflow.create_logged_model(
                 run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run.info.run_id
             )
-            info = Model.log(
-                artifact_path=None,
-                flavor=_Folder(write, flavor),
-                name=MODEL_ARTIFACT,
+            model_id = logged.model_id
+            meta = Model(
+                artifact_path=logged.artifact_location,
                 run_id=run.info.run_id,
-                model_id=logged.model_id,
+                model_uuid=model_id,
+                model_id=model_id,
             )
-            return str(info.model_uri)
+            with tempfile.TemporaryDirectory(prefix="umx-tune-") as tmp:
+                _Folder(write, flavor).save_model(tmp, meta)
+                get_artifact_repository(
+                    logged.artifact_location, tracking_uri=self.tracking_uri
+                ).log_artifacts(tmp)
+            self._mlflow.log_outputs(run.info.run_id, [LoggedModelOutput(model_id, step=0)])
+            self._mlflow.finalize_logged_model(model_id, LoggedModelStatus.READY)
+            return f"models:/{model_id}", model_id
 
         return self._call(f"to store the model of run {run.info.run_id}", log)
 

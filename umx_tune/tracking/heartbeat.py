@@ -6,13 +6,15 @@ TAG_HEARTBEAT holds the unix time of the latest beat, TAG_HEARTBEAT_GRACE the se
 after which the run is lost. Whoever finds a lost run ends it FAILED with the reason: a new run
 starting in the same experiment (`reap_lost_runs`), and the study audit (`optimize --check`).
 A study's trials have Optuna's heartbeat besides (search/worker.py fails and requeues them); their
-runs beat at the study's --heartbeat-interval.
+runs beat at the study's --heartbeat-interval. The first beat rides on the run's creation, and a
+batch the run logs anyway carries the next one (Beat.tags), so the thread only speaks in silences.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -38,19 +40,42 @@ def grace(interval: int) -> int:
     return max(3 * interval, interval + 5)
 
 
+class Beat:
+    """A run's heartbeat: when it last beat, and the tags of a beat."""
+
+    def __init__(self, interval: int = HEARTBEAT_INTERVAL) -> None:
+        self.interval = interval
+        self.last = time.time()
+
+    def first_tags(self) -> dict[str, int]:
+        """The tags a run starts with: its first beat and its grace."""
+        return {**self.tags(), TAG_HEARTBEAT_GRACE: grace(self.interval)}
+
+    def tags(self) -> dict[str, int]:
+        """A beat now, as the tag to log (in a batch that goes out anyway)."""
+        self.last = time.time()
+        return {TAG_HEARTBEAT: int(self.last)}
+
+    def silence(self) -> float:
+        """Seconds until the next beat is due."""
+        return max(0.0, self.last + self.interval - time.time())
+
+
 @contextmanager
-def beating(client: Client, run_id: str, interval: int = HEARTBEAT_INTERVAL) -> Iterator[None]:
-    """Beat the run's heartbeat every interval while the block runs."""
-    client.log(run_id, tags={TAG_HEARTBEAT: int(time.time()), TAG_HEARTBEAT_GRACE: grace(interval)})
+def beating(client: Client, run_id: str, beat: Beat) -> Iterator[None]:
+    """Beat the run's heartbeat while the block runs, whenever no batch has beaten for an interval
+    (the run started with beat.first_tags)."""
     stop = threading.Event()
 
-    def beat() -> None:
-        while not stop.wait(interval):
+    def beat_in_silence() -> None:
+        while not stop.wait(beat.silence()):
+            if beat.silence() > 0:
+                continue  # a batch beat meanwhile
             # a beat lost to an outage is no loss: the grace spans several beats
             with contextlib.suppress(TrackingError):
-                client.set_tag(run_id, TAG_HEARTBEAT, int(time.time()))
+                client.log(run_id, tags=beat.tags())
 
-    threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True).start()
+    threading.Thread(target=beat_in_silence, name=f"heartbeat-{run_id}", daemon=True).start()
     try:
         yield
     finally:
@@ -66,9 +91,20 @@ def is_lost(tags: Mapping[str, str], status: str, now: float | None = None) -> b
     return silent > float(tags.get(TAG_HEARTBEAT_GRACE, grace(HEARTBEAT_INTERVAL)))
 
 
-def reap_lost_runs(client: Client, experiment_id: str) -> list[str]:
-    """End FAILED, with the reason, every lost run of the experiment; returns their ids."""
+_reaped: dict[tuple[str, str], float] = {}  # (tracking URI, experiment id) -> when this process reaped
+
+
+def reap_lost_runs(client: Client, experiment_id: str, every: float = 0.0) -> list[str]:
+    """End FAILED, with the reason, every lost run of the experiment; returns their ids.
+
+    With `every`, this process searches an experiment at most once per that many seconds: a worker
+    starts run after run there, and a run is lost only after a grace of several intervals anyway.
+    """
+    key = (client.tracking_uri, experiment_id)
+    if time.monotonic() - _reaped.get(key, -math.inf) < every:
+        return []
     running = client.search_runs([experiment_id], f"attributes.status = {filter_literal(STATUS_RUNNING)}")
+    _reaped[key] = time.monotonic()
     lost = [r for r in running if is_lost(r.data.tags, r.info.status)]
     for run in lost:
         beat = datetime.datetime.fromtimestamp(float(run.data.tags[TAG_HEARTBEAT]), datetime.UTC)

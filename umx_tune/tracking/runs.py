@@ -64,34 +64,42 @@ def version_tags() -> dict[str, str]:
 class RunTracker:
     """Logs one umx-tune run, by its id. Created by `start_run`.
 
-    Every call is retried by the one policy; metrics are logged in the background and waited for
-    by `flush` (the run's end flushes).
+    What one moment logs goes out in one batch: params, tags and metrics (of one step) are staged
+    and sent together by `send` (the pipeline sends at the run's start and after each epoch, in the
+    background), by `log_model` (the run's scores, linked to the model) and by the run's end; each
+    batch carries the run's heartbeat. Every call is retried by the one policy; batches sent in the
+    background are waited for by `flush`.
     """
 
-    def __init__(self, client: Client, run: Run) -> None:
+    def __init__(self, client: Client, run: Run, beat: heartbeat.Beat) -> None:
         self._client = client
         self._run = run
+        self._beat = beat
         self.run_id: str = run.info.run_id
         self._pending: list[Callable[[], None]] = []
+        self._params: dict[str, Any] = {}
+        self._tags: dict[str, Any] = {}
+        self._metrics: dict[str, float] = {}
+        self._step = 0
 
     def log_config(self, config: TrainConfig) -> None:
-        """Params (TrainConfig names) and tags.
+        """Params (TrainConfig names) and tags, staged.
 
-        Params already in the run are kept: MLflow params are immutable, `mlflow run` logs the
-        MLproject parameters itself (shell-quoted), and a resumed run has them from its start.
+        Params already in the run when it was opened are kept: MLflow params are immutable, `mlflow
+        run` logs the MLproject parameters itself (shell-quoted), and a resumed run has them from
+        its start.
         """
-        logged = self._client.get_run(self.run_id).data.params
-        params = {k: v for k, v in config.to_params().items() if k not in logged}
-        self._client.log(
-            self.run_id, params=params, tags={**version_tags(), TAG_SIGNATURE: config.signature()}
-        )
+        logged = self._run.data.params
+        self.log_params({k: v for k, v in config.to_params().items() if k not in logged})
+        self.set_tags({**version_tags(), TAG_SIGNATURE: config.signature()})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._client.log(self.run_id, tags=tags)
+        """Tags, staged for the next batch."""
+        self._tags.update(tags)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        """Params of a run that is no training (a composition's); a training run's are log_config's."""
-        self._client.log(self.run_id, params=params)
+        """Params, staged for the next batch (a training run's are log_config's)."""
+        self._params.update(params)
 
     def register_model(self, model_uri: str, name: str) -> str:
         """This run's model as a new version of registered model `name`; returns 'name/version'."""
@@ -104,12 +112,34 @@ class RunTracker:
     def log_metrics(
         self, metrics: dict[str, float], step: int | None = None, tags: dict[str, Any] | None = None
     ) -> None:
-        """Metrics (and tags, in the same batch), logged in the background so that logging never
-        waits on the server."""
-        self._pending.append(self._client.log_soon(self.run_id, metrics, step or 0, tags))
+        """Metrics at step (and tags), staged; metrics of another step staged before go out first,
+        in the background (a batch holds one step)."""
+        step = step or 0
+        if self._metrics and step != self._step:
+            self.send(wait=False)
+        self._metrics.update(metrics)
+        self._step = step
+        self._tags.update(tags or {})
+
+    def send(self, wait: bool = True, model_id: str | None = None) -> None:
+        """What is staged, with a heartbeat, as one batch: waited for, or (wait=False, no params) in
+        the background, so that training never waits on the server; model_id links its metrics to
+        that LoggedModel. What a failed batch held is not staged again (its error ends the run)."""
+        if not (self._params or self._tags or self._metrics):
+            return
+        params, metrics, step = self._params, self._metrics, self._step
+        tags = {**self._tags, **self._beat.tags()}
+        self._params, self._tags, self._metrics = {}, {}, {}
+        if wait or params:
+            self.flush()  # a batch waited for lands after those sent before it
+            self._client.log(
+                self.run_id, metrics=metrics, params=params, tags=tags, step=step, model_id=model_id
+            )
+        else:
+            self._pending.append(self._client.log_soon(self.run_id, metrics, step, tags))
 
     def flush(self) -> None:
-        """Wait until every metric logged so far is stored (one lost in the background is sent again)."""
+        """Wait until every batch sent in the background is stored (one lost is sent again)."""
         while self._pending:
             self._pending.pop(0)()
 
@@ -139,43 +169,50 @@ class RunTracker:
         """The separator as the run's model: its Open-Unmix folder (args: each target's training
         options, for `<target>.json`) and the MLmodel file; returns its model URI.
 
-        Metrics are flushed first: MLflow links the run's step-0 metrics (the scores) to the model.
+        What is staged (the scores, the step-0 metrics MLflow links to a model) goes out after
+        it, linked to it, in one batch.
         """
         from umx_tune.separation.folder import write_model_folder
 
-        self.flush()
-        return self._client.log_model(
+        model_uri, model_id = self._client.log_model(
             self._run,
             lambda folder: write_model_folder(separator, folder, args),
             {"format": "openunmix-folder", "targets": list(separator.target_models)},
         )
+        self.send(model_id=model_id if self._step == 0 else None)
+        return model_uri
 
     def end(self, status: str, error: str | None) -> None:
-        """Flush the metrics, record the error (if any) and end the run with status.
+        """Send what is staged with the error (if any), and end the run with status.
 
         Each step is retried on its own and safe to repeat; the run is ended even when an earlier
         step failed, so no retry ever leaves it RUNNING or touches another run.
         """
         try:
-            self.flush()
             if error:
-                self._client.set_tag(self.run_id, TAG_ERROR, error[:ERROR_LIMIT])
+                self.set_tags({TAG_ERROR: error[:ERROR_LIMIT]})
+            self.send()
         finally:
             self._client.end_run(self.run_id, status)
 
 
 def _open_run(
-    client: Client, experiment: str, run_name: str | None, run_id: str | None, tags: dict[str, str]
+    client: Client,
+    experiment: str,
+    run_name: str | None,
+    run_id: str | None,
+    tags: dict[str, Any],
+    interval: int,
 ) -> Run:
     """Reopen run_id (RUNNING again, tags added), or create a new run in the experiment (ending
-    the experiment's runs whose process was killed first)."""
+    the experiment's runs whose process was killed first: searched for at most once per grace of
+    a run beating every `interval` s, since none is lost sooner)."""
     if run_id is None:
         experiment_id = client.experiment_id(experiment)
-        heartbeat.reap_lost_runs(client, experiment_id)
+        heartbeat.reap_lost_runs(client, experiment_id, every=heartbeat.grace(interval))
         return client.create_run(experiment_id, run_name, tags)
     client.reopen_run(run_id, run_name)
-    if tags:
-        client.log(run_id, tags=tags)
+    client.log(run_id, tags=tags)
     return client.get_run(run_id)
 
 
@@ -203,11 +240,17 @@ def start_run(
     check_server()
     client = Client()
     run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
-    tags = {**(tags or {}), **({TAG_PARENT_RUN: parent_run_id} if parent_run_id else {})}
-    tracker = RunTracker(client, _open_run(client, experiment, run_name, run_id, tags))
+    beat = heartbeat.Beat(heartbeat_interval)
+    opening: dict[str, Any] = {
+        **(tags or {}),
+        **({TAG_PARENT_RUN: parent_run_id} if parent_run_id else {}),
+        **beat.first_tags(),  # the first beat rides on the run's creation
+    }
+    run = _open_run(client, experiment, run_name, run_id, opening, heartbeat_interval)
+    tracker = RunTracker(client, run, beat)
     try:
         with (
-            heartbeat.beating(client, tracker.run_id, heartbeat_interval),
+            heartbeat.beating(client, tracker.run_id, beat),
             monitor_system(tracker.run_id, enabled=system_metrics, resume=run_id is not None),
         ):
             yield tracker
