@@ -304,6 +304,7 @@ class CallTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.methods: dict[str, int] = defaultdict(int)  # 'group.method' -> outermost calls
+        self.method_seconds: dict[str, float] = defaultdict(float)
         self._depth = threading.local()
 
     def wrap(self, cls: type, group: str, extra: tuple[str, ...] = ()) -> None:
@@ -325,6 +326,7 @@ class CallTimer:
                     self.seconds[group] += time.perf_counter() - started
                     self.calls[group] += 1
                     self.methods[f"{group}.{method.__name__}"] += 1
+                    self.method_seconds[f"{group}.{method.__name__}"] += time.perf_counter() - started
 
         return timed
 
@@ -353,6 +355,7 @@ def profiled_worker(out: Path, argv: list[str]) -> None:
         "seconds": timer.seconds,
         "calls": timer.calls,
         "methods": timer.methods,
+        "method_seconds": timer.method_seconds,
     }
     out.write_text(json.dumps(result))
 
@@ -392,6 +395,7 @@ def storage_overhead(workers: int, root: Path, trials: int = 3) -> dict[str, Any
     calls = {g: sum(r["calls"].get(g, 0) for r in reports) / trials for g in groups}
     methods = sorted({m for r in reports for m in r["methods"]})
     by_method = {m: sum(r["methods"].get(m, 0) for r in reports) / trials for m in methods}
+    seconds_by_method = {m: sum(r["method_seconds"].get(m, 0.0) for r in reports) / trials for m in methods}
     return {
         "workers": workers,
         "trials": trials,
@@ -399,6 +403,7 @@ def storage_overhead(workers: int, root: Path, trials: int = 3) -> dict[str, Any
         "seconds_per_trial": per_trial,
         "calls_per_trial": calls,
         "calls_per_trial_by_method": by_method,
+        "seconds_per_trial_by_method": seconds_by_method,
         "storage_seconds_per_trial": per_trial["optuna"] + per_trial["mlflow_tracking"],
     }
 
