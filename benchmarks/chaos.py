@@ -2,8 +2,8 @@
 
 PostgreSQL (the deployment test's cluster, tests/deployment.py) holds the Optuna storage and the
 MLflow backend store; a real `mlflow server` serves it behind an HTTP proxy that can cut answers
-midway (tests/cutting_proxy.py). Three `umx-tune optimize` workers run a TINY grid (12 entries),
-then separately a pruned search (12 trials), while a seeded schedule injects faults: SIGKILL a
+midway (tests/cutting_proxy.py). Three `umx-tune optimize` workers run a TINY grid (24 entries),
+then separately a pruned search (24 trials), while a seeded schedule injects faults: SIGKILL a
 random worker every 20-40 s (a new one starts at once), SIGTERM one, restart the MLflow server twice
 (the first time just after a trial ends), terminate the workers' PostgreSQL connections once
 (pg_terminate_backend), and cut every HTTP answer for a few seconds. When the workers are done,
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,12 +77,14 @@ class Schedule:
 
     seed: int
     kill_every: tuple[float, float] = (20.0, 40.0)
-    sigterm: tuple[float, float] = (25.0, 50.0)
-    boundary_restart_after: tuple[float, float] = (10.0, 30.0)  # then restart when a trial ends
-    restart: tuple[float, float] = (60.0, 100.0)
-    pg_terminate: tuple[float, float] = (35.0, 70.0)
-    cut: tuple[float, float] = (15.0, 45.0)
-    cut_seconds: float = 3.0
+    # the one-off faults apart from each other, all within the first 100 s (the faultless study of
+    # 24 TINY trials takes about 70 s on 2 cores)
+    boundary_restart_after: tuple[float, float] = (5.0, 15.0)  # then restart when a trial ends
+    sigterm: tuple[float, float] = (25.0, 45.0)
+    cut: tuple[float, float] = (35.0, 50.0)
+    pg_terminate: tuple[float, float] = (55.0, 70.0)
+    restart: tuple[float, float] = (75.0, 95.0)
+    cut_seconds: float = 4.0
     downtime: tuple[float, float] = (10.0, 5.0)  # the boundary restart's, the other's
 
     def times(self, rng: random.Random) -> dict[str, float]:
@@ -236,12 +239,14 @@ def run_study(
     wall = time.monotonic() - start
     faults["http_answers_cut"] = len(stack.proxy.cut_paths)
     stack.proxy.cut_paths.clear()
-    return {
-        "wall_s": round(wall, 1),
-        "worker_exits": dict(workers.exits),
-        **_outcome(stack, name),
-        "faults": faults,
-    }
+    outcome = _outcome(stack, name)
+    if any(outcome[k] for k in ("lost", "duplicated", "left_running", "disagreements")):
+        # the workers' and the server's logs, kept where the run's temporary folder is not removed
+        kept = Path(tempfile.gettempdir()) / f"umx-tune-chaos-kept-{name}"
+        shutil.copytree(folder, kept, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints"))
+        shutil.copy(stack.root / "server.log", kept / "mlflow-server.log")
+        outcome["kept_logs"] = str(kept)
+    return {"wall_s": round(wall, 1), "worker_exits": dict(workers.exits), **outcome, "faults": faults}
 
 
 def _inject(
@@ -381,7 +386,7 @@ def chaos(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trials", type=int, default=12, help="grid entries, and search trials")
+    parser.add_argument("--trials", type=int, default=24, help="grid entries, and search trials")
     parser.add_argument("--deadline", type=float, default=1500.0, help="seconds per study at most")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
