@@ -53,10 +53,10 @@ def study_storages(experiment: str, study_name: str) -> set[str]:
     """The Optuna storages of the study parent runs of this name MLflow already holds."""
     query = tracking.tag_equals(tracking.TAG_STUDY, study_name)  # refuses a name MLflow cannot match
     client = Client()
-    found = client.find_experiment(experiment)
-    if found is None:
+    experiment_id = client.known_experiment_id(experiment)
+    if experiment_id is None:
         return set()
-    runs = client.search_runs([found.experiment_id], query)
+    runs = client.search_runs([experiment_id], query)
     return {
         r.data.tags[tracking.TAG_STUDY_STORAGE]
         for r in runs

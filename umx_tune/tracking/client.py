@@ -14,6 +14,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
@@ -34,6 +35,7 @@ __all__ = ["Client", "Experiment", "Run"]  # Experiment, Run: the entities calle
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 PAGE = 1000  # runs per search request
+_SENDER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="umx-tune-log")  # Client.log_soon's
 
 
 def _refused(doing: str, err: Exception) -> TrackingError:
@@ -83,7 +85,7 @@ def _metrics(metrics: Mapping[str, float], step: int, model_id: str | None = Non
 class Client:
     """MlflowClient for umx-tune, on the tracking URI current when it is made."""
 
-    # (tracking URI, name) -> experiment id: a worker starts run after run in one experiment
+    # (store, name) -> experiment id: a worker starts run after run in one experiment
     _experiment_ids: ClassVar[dict[tuple[str, str], str]] = {}
     # run id -> artifact URI, of the runs this process made or read: their uploads need not ask
     _artifact_uris: ClassVar[dict[str, str]] = {}
@@ -96,6 +98,10 @@ class Client:
                 f"MLflow cannot use tracking URI {mlflow.get_tracking_uri()!r}: {first_line(err)}"
             ) from None
         self.tracking_uri: str = self._mlflow.tracking_uri
+        # the store this client speaks to, for what a process remembers of it (a local store's
+        # URI may be relative to the working directory)
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        self.store: str = self.tracking_uri if remote else f"{self.tracking_uri} in {os.getcwd()}"
 
     def _call(self, doing: str, call: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         """call under the retry policy; its failure as a one-line TrackingError about `doing`."""
@@ -108,18 +114,25 @@ class Client:
     def find_experiment(self, name: str) -> Experiment | None:
         return self._call(f"to read experiment {name!r}", self._mlflow.get_experiment_by_name, name)
 
-    def experiment_id(self, name: str) -> str:
-        """The experiment's id, creating it (another worker may create it at the same moment);
-        asked of the server once per process."""
-        key = (self.tracking_uri, name)
+    def known_experiment_id(self, name: str) -> str | None:
+        """The experiment's id (None where there is none), asked of the server until it has one."""
+        key = (self.store, name)
         if key not in Client._experiment_ids:
-            Client._experiment_ids[key] = self._experiment_id(name)
+            found = self.find_experiment(name)
+            if found is None:
+                return None
+            Client._experiment_ids[key] = str(found.experiment_id)
         return Client._experiment_ids[key]
 
-    def _experiment_id(self, name: str) -> str:
-        found = self.find_experiment(name)
-        if found is not None:
-            return str(found.experiment_id)
+    def experiment_id(self, name: str) -> str:
+        """The experiment's id, creating it (another worker may create it at the same moment)."""
+        known = self.known_experiment_id(name)
+        if known is not None:
+            return known
+        Client._experiment_ids[(self.store, name)] = made = self._create_experiment(name)
+        return made
+
+    def _create_experiment(self, name: str) -> str:
         try:
             return str(self._call(f"to create experiment {name!r}", self._mlflow.create_experiment, name))
         except TrackingError:
@@ -222,21 +235,15 @@ class Client:
         step: int = 0,
         tags: Mapping[str, object] | None = None,
     ) -> Callable[[], None]:
-        """Log metrics (and tags, in the same batch) without waiting on the server. Returns the
-        function that waits for them: a batch MLflow's background logging failed to send is sent
-        again then, waiting and retried."""
-        batch, tagged = _metrics(metrics, step), _tags(tags or {})
-        operation = self._mlflow.log_batch(run_id, metrics=batch, tags=tagged, synchronous=False)
+        """Log metrics (and tags, in the same batch) without waiting on the server: `log` on this
+        process's one background sender, so batches land in the order they were sent. Returns the
+        function that waits for it (raising its TrackingError).
 
-        def settle() -> None:
-            try:
-                if operation is not None:
-                    operation.wait()
-            except MlflowException:
-                doing = f"to log metrics to run {run_id}"
-                self._call(doing, self._mlflow.log_batch, run_id, metrics=batch, tags=tagged)
-
-        return settle
+        Not MLflow's asynchronous logging: a run's end (set_terminated) shuts that down, waiting
+        out its logging thread's poll (about half a second per run).
+        """
+        future = _SENDER.submit(self.log, run_id, metrics=metrics, tags=tags, step=step)
+        return lambda: future.result()
 
     def log_dataset(self, run_id: str, root: Path, name: str, digest: str, context: str) -> None:
         """The dataset folder as an input of the run, identified by name and digest."""

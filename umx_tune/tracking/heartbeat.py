@@ -91,7 +91,7 @@ def is_lost(tags: Mapping[str, str], status: str, now: float | None = None) -> b
     return silent > float(tags.get(TAG_HEARTBEAT_GRACE, grace(HEARTBEAT_INTERVAL)))
 
 
-_reaped: dict[tuple[str, str], float] = {}  # (tracking URI, experiment id) -> when this process reaped
+_reaped: dict[tuple[str, str], float] = {}  # (store, experiment id) -> when this process reaped
 
 
 def reap_lost_runs(client: Client, experiment_id: str, every: float = 0.0) -> list[str]:
@@ -100,7 +100,7 @@ def reap_lost_runs(client: Client, experiment_id: str, every: float = 0.0) -> li
     With `every`, this process searches an experiment at most once per that many seconds: a worker
     starts run after run there, and a run is lost only after a grace of several intervals anyway.
     """
-    key = (client.tracking_uri, experiment_id)
+    key = (client.store, experiment_id)
     if time.monotonic() - _reaped.get(key, -math.inf) < every:
         return []
     running = client.search_runs([experiment_id], f"attributes.status = {filter_literal(STATUS_RUNNING)}")
