@@ -304,7 +304,9 @@ def _open_trials(stack: Stack, name: str) -> bool:
 
 
 def _outcome(stack: Stack, name: str) -> dict[str, Any]:
-    """What the study holds once its workers are done, and what the audit says of it."""
+    """What the study holds once its workers are done, and what the audit says of it (after the
+    heartbeat grace period: a run whose worker was just killed still looks alive until then)."""
+    time.sleep(3 * HEARTBEAT + 5)
     trials = _trials(stack, name)
     groups: dict[tuple[str, int], list[optuna.trial.FrozenTrial]] = {}
     for trial in trials:

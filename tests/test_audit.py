@@ -86,7 +86,7 @@ def test_a_damaged_study_is_found_and_repaired_once(
     assert optimize(capsys, tmp_path, storage, "--study-name", "story").returncode == 0  # runs a alone
 
     found = check(capsys, storage, "--check")
-    assert "lost: b (trial 1): lost to a tracking error (TrackingError: MLflow at x" in found[1], found
+    assert "lost: b (trial 1): lost (TrackingError: MLflow at x does not answer), never" in found[1], found
     assert found[0].startswith("missing-run: b (trial 1): FAIL in Optuna, no run (it never got one)")
     repair_once(capsys, storage, repairs=3)  # the run, the entry queued again, the summary
     queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]

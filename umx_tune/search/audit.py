@@ -51,7 +51,7 @@ MISSING_RUN = "missing-run"  # a finished trial without a run
 STALE_RUN = "stale-run"  # a run that says otherwise than its trial
 ORPHAN_RUN = "orphan-run"  # a trial run that mirrors no trial
 DUPLICATE = "duplicate"  # a grid entry (replicate) or search trial done more than once
-LOST = "lost"  # a grid entry (replicate) or search trial neither done nor queued
+LOST = "lost"  # a grid entry (replicate) or search trial lost to faults, neither done nor queued
 SUMMARY = "summary"  # the parent run's summary is not the study's
 PASSES = 3  # a repair can reveal another (a re-mirrored run changes the description)
 _TRACKING_ERRORS = {TrackingError.__name__, *(cls.__name__ for cls in TrackingError.__subclasses__())}
@@ -216,10 +216,11 @@ class Audit:
                 yield Finding(DUPLICATE, f"{named(last)}: done {len(done)} times (trials {numbers})")
             if done or any(not t.state.is_finished() for t in trials) or self._recent(last):
                 continue
-            reason = _reason(last) or ""
-            if reason.split(":")[0] not in _TRACKING_ERRORS:
+            reason = _reason(last)
+            if not _lost_to_faults(reason):
                 continue  # its config failed: the study recorded that faithfully
-            lost = f"{named(last)}: lost to a tracking error ({reason[:120]}), never queued again"
+            why = "its worker died" if reason is None else reason[:120]
+            lost = f"{named(last)}: lost ({why}), never queued again"
             retries = int(last.user_attrs.get(worker.RETRIES_ATTR, 0))
             if retries >= worker.MAX_RETRIES:
                 yield Finding(LOST, f"{lost}; given up after {retries} retries")
@@ -346,6 +347,14 @@ def trial_key(trial: FrozenTrial) -> tuple[str, int]:
     if confirms is not None:
         return f"confirms {confirms}", replicate
     return "trial", int(trial.user_attrs.get(mirror.RETRY_OF_ATTR, trial.number))
+
+
+def _lost_to_faults(reason: str | None) -> bool:
+    """Whether a trial failed for what happened around it, not for its config: a worker that died
+    (the stale check fails a trial without a reason), a tracking error, Ctrl-C or SIGTERM."""
+    if reason is None:
+        return True
+    return reason.split(":")[0] in _TRACKING_ERRORS or reason.startswith(("interrupted", "terminated"))
 
 
 def _reason(trial: FrozenTrial) -> str | None:
