@@ -63,6 +63,34 @@ def repair_once(capsys: Capture, storage: str, repairs: int) -> None:
 
 
 @pytest.mark.slow
+def test_the_last_worker_heals_what_a_fault_left_before_it_concludes(
+    tracking_uri: str, tmp_path: Path, capsys: Capture
+) -> None:
+    """The chaos run's loss: a worker killed between Optuna's stale FAIL of a trial and its requeue
+    leaves the entry neither done nor queued. The study's last worker finds it as --check does,
+    queues it again and runs it before it concludes the study complete."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    grid = write_grid(tmp_path / "grid.yaml", "a", "b")
+    args = ["--study-name", "healed", "--grid", grid, *BASE]
+    assert optimize(capsys, tmp_path, storage, *args, "--timeout", "0.001").returncode == 0  # all queued
+    raw = optuna.storages.RDBStorage(storage)
+    study = optuna.load_study(study_name="healed", storage=raw)
+    entry_b = next(t for t in study.get_trials() if t.user_attrs[GRID_ENTRY_ATTR] == "b")
+    raw.set_trial_state_values(entry_b._trial_id, TrialState.RUNNING)  # claimed by a worker that dies
+    raw.set_trial_state_values(entry_b._trial_id, TrialState.FAIL)  # failed as stale, never requeued
+    resumed = optimize(capsys, tmp_path, storage, "--study-name", "healed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "healed: repaired lost: b (trial 1): lost (its worker died), never queued again" in resumed.stderr
+    states = [(t.user_attrs[GRID_ENTRY_ATTR], t.state.name) for t in study.get_trials()]
+    assert states == [("a", "COMPLETE"), ("b", "FAIL"), ("b", "COMPLETE")]
+    verdict = audit(capsys, storage, "healed", "--check")
+    assert verdict.returncode == 0 and verdict.stdout.endswith("study healed: Optuna and MLflow agree\n")
+    parent = MlflowClient().get_run(study.get_trials()[0].user_attrs[mirror.RUN_ID_ATTR])
+    parent_id = parent.data.tags[tracking.TAG_PARENT_RUN]
+    assert MlflowClient().get_run(parent_id).data.tags[tracking.TAG_STUDY_STATE] == "complete"
+
+
+@pytest.mark.slow
 def test_a_damaged_study_is_found_and_repaired_once(
     tracking_uri: str, tmp_path: Path, capsys: Capture
 ) -> None:
@@ -82,17 +110,17 @@ def test_a_damaged_study_is_found_and_repaired_once(
     entry_b = next(t for t in study.get_trials() if t.user_attrs[GRID_ENTRY_ATTR] == "b")
     raw.set_trial_state_values(entry_b._trial_id, TrialState.RUNNING)  # as a worker claims it
     raw.set_trial_user_attr(entry_b._trial_id, REASON_ATTR, "TrackingError: MLflow at x does not answer")
-    raw.set_trial_state_values(entry_b._trial_id, TrialState.FAIL)
-    assert optimize(capsys, tmp_path, storage, "--study-name", "story").returncode == 0  # runs a alone
+    raw.set_trial_state_values(entry_b._trial_id, TrialState.FAIL)  # and no worker is left to heal it
+    time.sleep(7)  # past the grace period in which its worker may still be writing
 
     found = check(capsys, storage, "--check")
     assert "lost: b (trial 1): lost (TrackingError: MLflow at x does not answer), never" in found[1], found
     assert found[0].startswith("missing-run: b (trial 1): FAIL in Optuna, no run (it never got one)")
     repair_once(capsys, storage, repairs=3)  # the run, the entry queued again, the summary
     queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
-    assert [t.user_attrs[GRID_ENTRY_ATTR] for t in queued] == ["b"]
+    assert [t.user_attrs[GRID_ENTRY_ATTR] for t in queued] == ["a", "b"]  # a was never run
 
-    raw.set_trial_state_values(queued[0]._trial_id, TrialState.RUNNING)  # claimed, killed before a beat
+    raw.set_trial_state_values(queued[1]._trial_id, TrialState.RUNNING)  # claimed, killed before a beat
     time.sleep(7)
     assert (
         "stale-trial: b (trial 2): RUNNING without a live heartbeat" in check(capsys, storage, "--check")[0]

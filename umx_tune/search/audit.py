@@ -83,27 +83,30 @@ class Audit:
         self.ctx = ctx
         self.grace = grace
 
-    def check(self) -> list[Finding]:
-        """Every disagreement, in the order a repair fixes them (the summary last)."""
+    def check(self, summary: bool = True) -> list[Finding]:
+        """Every disagreement, in the order a repair fixes them (the summary last; summary=False: all
+        but the summary, which the worker concluding the study is about to write)."""
         snap = self._snapshot()
         findings = [f for trial in snap.trials for f in self._trial(snap, trial)]
         numbers = {trial.number for trial in snap.trials}
         strays = [run for number, runs in snap.runs.items() if number not in numbers for run in runs]
         findings += self._orphans(strays, "it mirrors no trial of the study")
         findings += self._plan(snap)
-        findings += self._summary(snap)
+        if summary:
+            findings += self._summary(snap)
         return findings
 
-    def repair(self, done: Callable[[Finding], None]) -> list[Finding]:
+    def repair(self, done: Callable[[Finding], None], summary: bool = True) -> list[Finding]:
         """Repair what can be (done(finding) after each); returns what still disagrees."""
         for _ in range(PASSES):
-            fixable = [(finding, finding.repair) for finding in self.check() if finding.repair is not None]
+            found = self.check(summary)
+            fixable = [(finding, finding.repair) for finding in found if finding.repair is not None]
             if not fixable:
                 break
             for finding, fix in fixable:
                 fix()
                 done(finding)
-        return self.check()
+        return self.check(summary)
 
     # reading
     def _snapshot(self) -> Snapshot:

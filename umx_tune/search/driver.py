@@ -78,6 +78,8 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
     report = worker.WorkerReport()
     try:
         report = worker.run_worker(ctx, study, trial_options, deadline, poll=heartbeat.interval)
+        while report.stopped_by == "done" and _should_conclude(ctx, study, report) and _heal(ctx, heartbeat):
+            _more(report, worker.run_worker(ctx, study, trial_options, deadline, poll=heartbeat.interval))
         if report.stopped_by == "done" and _should_conclude(ctx, study, report):
             _confirm(ctx, study, report, trial_options, deadline, heartbeat.interval)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the last worker out ends the parent
@@ -107,9 +109,31 @@ def _confirm(
     seeds = ctx.settings.replicates
     if options.progress:
         print(f"{ctx.settings.name}: confirming trials {numbers} with {seeds} seeds each", file=sys.stderr)
-    more = worker.run_worker(ctx, study, options, deadline, poll=poll)
+    _more(report, worker.run_worker(ctx, study, options, deadline, poll=poll))
+
+
+def _more(report: worker.WorkerReport, more: worker.WorkerReport) -> None:
+    """What a further run of the worker loop ran, added to the worker's report."""
     report.ran.update(more.ran)
     report.stopped_by = more.stopped_by
+
+
+def _heal(ctx: StudyContext, heartbeat: storage.HeartbeatSettings) -> bool:
+    """Before the last worker concludes the study: what faults left behind is repaired as `optimize
+    --repair` repairs it (an entry lost between a dead worker's FAIL and its requeue is queued again,
+    a run that missed a write is mirrored again, an orphan run is ended). True when trials were
+    queued: the worker runs them before it concludes."""
+    from umx_tune.search import audit  # it concludes studies through this module
+
+    queued = []
+
+    def repaired(finding: audit.Finding) -> None:
+        print(f"{ctx.settings.name}: repaired {finding.kind}: {finding.message}", file=sys.stderr)
+        if finding.kind in (audit.LOST, audit.STALE_TRIAL):
+            queued.append(finding)
+
+    audit.Audit(ctx, heartbeat.grace).repair(repaired, summary=False)
+    return bool(queued)
 
 
 def _pruner_settings(ctx: StudyContext, options: RunOptions) -> choices.PrunerSettings:
