@@ -127,14 +127,15 @@ class AlignedMix:
         return Mix((track.piece(self.target, start, gain, swap),), 0, mixture)
 
 
-class FixedSourcesMix:
-    """FixedSourcesTrackFolderDataset(random_chunks=True): one chunk per track, its target at a
-    random start, each interferer from the same excerpt or, with random_track_mix, from a random
-    track at a random start."""
+class _ChunkPerTrack:
+    """What Open-Unmix's track-folder datasets share: one chunk per track and epoch, its sources
+    augmented; RANDOM_MIX names the config flag that draws the interferers from random tracks."""
+
+    RANDOM_MIX = ""
 
     def __init__(self, tracks: Sequence[Track], config: TrainConfig, chunk: int) -> None:
         self.tracks, self.chunk, self.target = tracks, chunk, config.target
-        self.random_track_mix = config.random_track_mix
+        self.random_mix = bool(getattr(config, self.RANDOM_MIX))
         self.augment = Augmentations(augmentations(config.source_augmentations))
 
     def __len__(self) -> int:
@@ -142,6 +143,14 @@ class FixedSourcesMix:
 
     def shortest(self) -> int:
         return min(t.nb_frames for t in self.tracks)
+
+
+class FixedSourcesMix(_ChunkPerTrack):
+    """FixedSourcesTrackFolderDataset(random_chunks=True): one chunk per track, its target at a
+    random start, each interferer from the same excerpt or, with random_track_mix, from a random
+    track at a random start."""
+
+    RANDOM_MIX = "random_track_mix"
 
     def draw(self, rng: np.random.Generator, index: int) -> Mix:
         track = self.tracks[index]
@@ -151,34 +160,25 @@ class FixedSourcesMix:
             if source == self.target:
                 continue
             other, other_start = track, start
-            if self.random_track_mix:
+            if self.random_mix:
                 other = _pick(rng, self.tracks)
                 other_start = _start(rng, other.nb_frames, self.chunk)
             pieces.append(other.piece(source, other_start, *self.augment.draw(rng)))
         return Mix(tuple(pieces), 0)
 
 
-class VariableSourcesMix:
+class VariableSourcesMix(_ChunkPerTrack):
     """VariableSourcesTrackFolderDataset(random_chunks=True): one chunk per track, its target at a
     random start (silence where the track has none), the interferers all other sources of the same
     track or, with random_interferer_mix, of a random track at a random start."""
 
-    def __init__(self, tracks: Sequence[Track], config: TrainConfig, chunk: int) -> None:
-        self.tracks, self.chunk, self.target = tracks, chunk, config.target
-        self.random_interferer_mix = config.random_interferer_mix
-        self.augment = Augmentations(augmentations(config.source_augmentations))
-
-    def __len__(self) -> int:
-        return len(self.tracks)
-
-    def shortest(self) -> int:
-        return min(t.nb_frames for t in self.tracks)
+    RANDOM_MIX = "random_interferer_mix"
 
     def draw(self, rng: np.random.Generator, index: int) -> Mix:
         track = self.tracks[index]
         start = _start(rng, track.nb_frames, self.chunk)
         other, other_start = track, start
-        if self.random_interferer_mix:
+        if self.random_mix:
             other = _pick(rng, self.tracks)
             other_start = _start(rng, other.nb_frames, self.chunk)
         pieces = [
