@@ -1,5 +1,4 @@
-"""Search efficiency of TPE with median and with Hyperband pruning against random search, and
-storage overhead per trial.
+"""Search efficiency (TPE with median or Hyperband pruning against random search); storage overhead per trial.
 
 Part 1, efficiency (training only, in this process and a pool of single-threaded processes). The
 three methods a user picks from (`umx-tune optimize --sampler tpe --pruner median`, `--sampler tpe
