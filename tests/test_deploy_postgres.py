@@ -175,3 +175,41 @@ def test_workers_opening_an_empty_storage_at_once(postgres: Postgres) -> None:
         opener.stdin.flush()
     errors = [opener.communicate(timeout=300)[1] for opener in openers]
     assert [opener.returncode for opener in openers] == [0] * 4, "\n".join(errors)[-3000:]
+
+
+def test_a_study_loses_nothing_when_its_database_drops_every_connection(
+    postgres: Postgres, tracking_uri: str, tmp_path: Path
+) -> None:
+    """The chaos run's storage fault: pg_terminate_backend on every connection of the workers' role
+    again and again while a trial trains. The pooled connections are replaced when next taken
+    (pool_pre_ping), a trial whose statement was cut is queued again; every entry is done once."""
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(postgres.url("postgres", SUPERUSER_PASSWORD, "postgres"))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(sqlalchemy.text("CREATE DATABASE optuna_drop OWNER optuna"))
+    url = postgres.url("optuna", OPTUNA_DB_PASSWORD, "optuna_drop")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("entries:\n  a: {hidden_size: 8}\n  b: {hidden_size: 12}\n")
+    argv = ["umx-tune", "optimize", "--grid", str(grid), "--study-name", "drop", "--storage", url]
+    argv += ["--heartbeat-interval", "1", *BASE_ARGS, "--epochs", "3", "--no-audio", "--no-system-metrics"]
+    worker = subprocess.Popen(
+        argv, env=cli_env(), cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    assert worker.stderr is not None
+    for line in worker.stderr:  # the first trial trains, its heartbeat beating through the pool
+        if "starts" in line:
+            break
+    query = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'optuna'"
+    terminated = 0
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        for _ in range(40):  # again and again, so that some statement is cut while it runs
+            terminated += int(connection.execute(sqlalchemy.text(query)).scalar() or 0)
+            time.sleep(0.2)
+    admin.dispose()
+    assert terminated >= 1
+    err = worker.stderr.read()
+    assert worker.wait(timeout=300) == 0, err[-3000:]
+    study = optuna.load_study(study_name="drop", storage=url)
+    done = [t.user_attrs["grid_entry"] for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert sorted(done) == ["a", "b"], [(t.number, t.state.name, t.user_attrs) for t in study.get_trials()]

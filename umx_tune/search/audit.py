@@ -354,10 +354,12 @@ def trial_key(trial: FrozenTrial) -> tuple[str, int]:
 
 def _lost_to_faults(reason: str | None) -> bool:
     """Whether a trial failed for what happened around it, not for its config: a worker that died
-    (the stale check fails a trial without a reason), a tracking error, Ctrl-C or SIGTERM."""
+    (the stale check fails a trial without a reason), a tracking or storage error, Ctrl-C or SIGTERM."""
     if reason is None:
         return True
-    return reason.split(":")[0] in _TRACKING_ERRORS or reason.startswith(("interrupted", "terminated"))
+    kind = reason.split(":")[0]
+    storage_faults = {fault.__name__ for fault in worker.STORAGE_FAULTS}
+    return kind in _TRACKING_ERRORS | storage_faults or reason.startswith(("interrupted", "terminated"))
 
 
 def _reason(trial: FrozenTrial) -> str | None:

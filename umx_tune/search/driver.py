@@ -88,8 +88,15 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
             mirror.end_parent(ctx.parent_run_id, "KILLED", f"{interruption(stop)}; {waiting} trials queued")
         raise
     outcome = Outcome(ctx, report, best=None, concluded=False)
-    if _should_conclude(ctx, study, report):
-        _conclude(outcome, study, options.register_best)
+    for attempt in range(worker.STORAGE_FAULT_TRIES):
+        try:
+            if _should_conclude(ctx, study, report):
+                _conclude(outcome, study, options.register_best)
+            break
+        except worker.STORAGE_FAULTS:  # the database dropped the connection: conclude again
+            if attempt == worker.STORAGE_FAULT_TRIES - 1:
+                raise
+            time.sleep(heartbeat.interval)
     _check_not_all_failed(report)
     return outcome
 

@@ -146,9 +146,12 @@ def _server_rdb(url: str, kwargs: dict[str, Any], attempts: int = 5) -> RDBStora
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     lost_race = (IntegrityError, ProgrammingError, optuna.exceptions.StorageInternalError)
+    # a connection the database dropped (a restart, pg_terminate_backend) is replaced when it is
+    # next taken from the pool, instead of failing the next statement (benchmarks/chaos.py)
+    engine = {"pool_pre_ping": True}
     for attempt in range(attempts):
         try:
-            return RDBStorage(url, **kwargs)
+            return RDBStorage(url, engine_kwargs=engine, **kwargs)
         except lost_race:
             if attempt == attempts - 1:
                 raise

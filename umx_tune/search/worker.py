@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import optuna
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import OperationalError
 
 from umx_tune.errors import TrackingUnreachable, UmxTuneError, first_line
 from umx_tune.search import mirror, progress
@@ -37,6 +38,10 @@ REASON_ATTR = "fail_reason"
 PRUNED_EPOCH_ATTR = "pruned_epoch"
 RETRIES_ATTR = "retries"
 MAX_RETRIES = 3  # a trial that kills its worker again and again is given up after this many
+# the Optuna storage's database went away under a trial (restarted, connections terminated): the
+# trial is queued again (its retries unspent) and the worker goes on once the database answers
+STORAGE_FAULTS = (StorageInternalError, OperationalError)
+STORAGE_FAULT_TRIES = 10  # storage failures in a row (a poll interval apart) before a worker gives up
 
 
 @dataclass
@@ -51,26 +56,47 @@ def run_worker(
     """Run queued trials until none is left (and none runs elsewhere), or until the deadline
     (a time.monotonic() value) has passed."""
     report = WorkerReport()
+    faults = 0
     while True:
         if deadline is not None and time.monotonic() >= deadline:
             report.stopped_by = "timeout"
             return report
-        fail_stale_trials(study)
-        trial = claim(ctx, study)
-        if trial is None:
-            if ctx.settings.budget is None:  # open-ended search: queue one more ticket
-                study.enqueue_trial({})
-                continue
-            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                return report
-            time.sleep(poll)
-            continue
         try:
-            report.ran[trial.number] = run_claimed(ctx, study, trial, options)
-        except KeyboardInterrupt:
-            report.ran[trial.number] = TrialState.FAIL.name
-            report.stopped_by = "interrupted"
-            raise
+            if _next_trial(ctx, study, options, report, poll):
+                return report
+            faults = 0
+        except STORAGE_FAULTS as lost:
+            # a trial it held stays RUNNING without a heartbeat: the stale check queues it again
+            faults += 1
+            if faults > STORAGE_FAULT_TRIES:
+                raise
+            print(
+                f"{ctx.settings.name}: the Optuna storage failed ({first_line(lost)}); again", file=sys.stderr
+            )
+            time.sleep(poll)
+
+
+def _next_trial(
+    ctx: StudyContext, study: optuna.Study, options: TrialOptions, report: WorkerReport, poll: float
+) -> bool:
+    """Claim and run the next queued trial (or wait for one); True when the study has none left."""
+    fail_stale_trials(study)
+    trial = claim(ctx, study)
+    if trial is None:
+        if ctx.settings.budget is None:  # open-ended search: queue one more ticket
+            study.enqueue_trial({})
+            return False
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return True
+        time.sleep(poll)
+        return False
+    try:
+        report.ran[trial.number] = run_claimed(ctx, study, trial, options)
+    except KeyboardInterrupt:
+        report.ran[trial.number] = TrialState.FAIL.name
+        report.stopped_by = "interrupted"
+        raise
+    return False
 
 
 def claim(ctx: StudyContext, study: optuna.Study) -> optuna.Trial | None:
@@ -113,6 +139,13 @@ def run_claimed(ctx: StudyContext, study: optuna.Study, trial: optuna.Trial, opt
         raise TrackingUnreachable(
             f"{lost} ({progress.named(trial)} is queued again; the same command resumes the study)"
         ) from None
+    except STORAGE_FAULTS as lost:  # the storage dropped the connection mid-trial: not the trial's fault
+        reason = f"{type(lost).__name__}: {first_line(lost)}"
+        interrupted = _give_back(study, trial, reason, counted=False)
+        if interrupted is not None:
+            _mirror_end(interrupted, reason)
+        print(f"{ctx.settings.name}: {progress.named(trial)} queued again: {reason}", file=sys.stderr)
+        return TrialState.FAIL.name
     except Exception as err:  # the trial failed; the study goes on
         state, told, reason = TrialState.FAIL, None, f"{type(err).__name__}: {first_line(err)}"
         if not isinstance(err, UmxTuneError):  # not a user error: the traceback helps find the bug
