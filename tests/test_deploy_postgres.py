@@ -191,7 +191,8 @@ def test_a_study_loses_nothing_when_its_database_drops_every_connection(
     url = postgres.url("optuna", OPTUNA_DB_PASSWORD, "optuna_drop")
     grid = tmp_path / "grid.yaml"
     grid.write_text("entries:\n  a: {hidden_size: 8}\n  b: {hidden_size: 12}\n")
-    argv = ["umx-tune", "optimize", "--grid", str(grid), "--study-name", "drop", "--storage", url]
+    argv = ["umx-tune", "optimize", "--grid", str(grid), "--study-name", "dropped-connections"]
+    argv += ["--storage", url]
     argv += ["--heartbeat-interval", "1", *BASE_ARGS, "--epochs", "3", "--no-audio", "--no-system-metrics"]
     worker = subprocess.Popen(
         argv, env=cli_env(), cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
@@ -210,6 +211,6 @@ def test_a_study_loses_nothing_when_its_database_drops_every_connection(
     assert terminated >= 1
     err = worker.stderr.read()
     assert worker.wait(timeout=300) == 0, err[-3000:]
-    study = optuna.load_study(study_name="drop", storage=url)
+    study = optuna.load_study(study_name="dropped-connections", storage=url)
     done = [t.user_attrs["grid_entry"] for t in study.get_trials() if t.state.name == "COMPLETE"]
     assert sorted(done) == ["a", "b"], [(t.number, t.state.name, t.user_attrs) for t in study.get_trials()]
