@@ -79,9 +79,12 @@ class Snapshot:
 class Audit:
     """One study, audited with the grace period its workers use."""
 
-    def __init__(self, ctx: StudyContext, grace: float) -> None:
+    def __init__(self, ctx: StudyContext, grace: float, settled: bool = False) -> None:
+        """settled: no other worker is writing (the study's last worker, no trial RUNNING), so a
+        trial that has just finished is audited at once instead of after the grace period."""
         self.ctx = ctx
         self.grace = grace
+        self.settled = settled
 
     def check(self, summary: bool = True) -> list[Finding]:
         """Every disagreement, in the order a repair fixes them (the summary last; summary=False: all
@@ -137,7 +140,9 @@ class Audit:
     def _recent(self, trial: FrozenTrial) -> bool:
         """Finished within the grace period: its worker may still be writing what follows."""
         end = trial.datetime_complete
-        return end is not None and (datetime.datetime.now() - end).total_seconds() <= self.grace
+        if self.settled or end is None:
+            return False
+        return (datetime.datetime.now() - end).total_seconds() <= self.grace
 
     # trials and their runs
     def _trial(self, snap: Snapshot, trial: FrozenTrial) -> Iterator[Finding]:

@@ -139,7 +139,7 @@ def _heal(ctx: StudyContext, heartbeat: storage.HeartbeatSettings) -> bool:
         if finding.kind in (audit.LOST, audit.STALE_TRIAL):
             queued.append(finding)
 
-    audit.Audit(ctx, heartbeat.grace).repair(repaired, summary=False)
+    audit.Audit(ctx, heartbeat.grace, settled=True).repair(repaired, summary=False)
     return bool(queued)
 
 
