@@ -65,12 +65,7 @@ def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> 
     """
     entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
     replicate = int(trial.user_attrs.get(REPLICATE_ATTR, 0))
-    tags = mirror.trial_tags(ctx.settings, trial, entry)
-    confirms = trial.user_attrs.get(CONFIRMS_ATTR)
-    if entry is not None or confirms is not None:
-        tags[tracking.TAG_REPLICATE] = str(replicate)
-    if confirms is not None:
-        tags[tracking.TAG_CONFIRMS] = str(confirms)
+    tags = mirror.trial_tags(ctx.settings, trial, entry)  # the replicate and confirms tags too
     with start_run(
         experiment=ctx.settings.experiment,
         run_name=run_name(ctx, trial),
