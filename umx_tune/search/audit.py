@@ -294,7 +294,7 @@ class Audit:
             client.restore_run(self.ctx.parent_run_id)
         study = self.ctx.load(optuna.samplers.RandomSampler(), optuna.pruners.NopPruner())
         outcome = driver.Outcome(self.ctx, worker.WorkerReport(), best=None, concluded=False)
-        driver._conclude(outcome, study, register_best=None)
+        driver.conclude(outcome, study, register_best=None)
 
 
 def open_audit(study_name: str, storage_url: str | None, heartbeat_interval: int, repair: bool) -> Audit:

@@ -91,7 +91,7 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
     for attempt in range(worker.STORAGE_FAULT_TRIES):
         try:
             if _should_conclude(ctx, study, report):
-                _conclude(outcome, study, options.register_best)
+                conclude(outcome, study, options.register_best)
             break
         except worker.STORAGE_FAULTS:  # the database dropped the connection: conclude again
             if attempt == worker.STORAGE_FAULT_TRIES - 1:
@@ -165,7 +165,9 @@ def _should_conclude(ctx: StudyContext, study: optuna.Study, report: worker.Work
     return last.number in report.ran
 
 
-def _conclude(outcome: Outcome, study: optuna.Study, register_best: str | None) -> None:
+def conclude(outcome: Outcome, study: optuna.Study, register_best: str | None) -> None:
+    """Write the study's summary on its parent run and end it: the last worker does, and the audit's
+    --repair again."""
     ctx = outcome.ctx
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     state = "complete" if not waiting else f"stopped with {waiting} trials queued"
