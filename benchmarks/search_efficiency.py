@@ -20,7 +20,9 @@ wall times are of one core each; the compute figures do not depend on the machin
 
 Part 2, storage overhead. Real `umx-tune optimize` workers (1, then 3 processes sharing one grid
 study of three tiny trials) against a real `mlflow server` on 127.0.0.1 and a sqlite Optuna storage.
-Each worker times every Optuna storage call and every MLflow tracking/artifact call it makes.
+Each worker times every Optuna storage call and every MLflow tracking/artifact call it makes
+(outermost calls of Optuna's RDBStorage and MLflow's RestStore / HttpArtifactRepository), and
+counts the HTTP requests those send (per group and endpoint).
 
     .venv/bin/python benchmarks/search_efficiency.py --out benchmarks/search_efficiency.json
     .venv/bin/python benchmarks/search_efficiency.py --quick     # 2 seeds, 10 target trials
@@ -330,6 +332,35 @@ class CallTimer:
         return timed
 
 
+class RequestCounter:
+    """Counts and times every HTTP request the process sends (MLflow's tracking and artifact
+    requests: the only HTTP it makes here), by group and by endpoint."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = defaultdict(int)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.endpoints: dict[str, int] = defaultdict(int)
+
+    def install(self) -> None:
+        import requests
+
+        send = requests.Session.request
+
+        def counted(session: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            path = url.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0]
+            group = "mlflow_artifacts" if "mlflow-artifacts/" in path else "mlflow_tracking"
+            endpoint = path if group == "mlflow_tracking" else "mlflow-artifacts (file)"
+            started = time.perf_counter()
+            try:
+                return send(session, method, url, *args, **kwargs)
+            finally:
+                self.seconds[group] += time.perf_counter() - started
+                self.requests[group] += 1
+                self.endpoints[f"{method} {endpoint}"] += 1
+
+        requests.Session.request = counted  # type: ignore[method-assign]
+
+
 def profiled_worker(out: Path, argv: list[str]) -> None:
     """Run `umx-tune optimize` in this process with Optuna and MLflow calls timed; write totals."""
     from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
@@ -342,6 +373,8 @@ def profiled_worker(out: Path, argv: list[str]) -> None:
     timer.wrap(RDBStorage, "optuna", extra=("_get_trials",))
     timer.wrap(RestStore, "mlflow_tracking")
     timer.wrap(HttpArtifactRepository, "mlflow_artifacts")
+    counter = RequestCounter()
+    counter.install()
     started = time.perf_counter()
     code = 0
     try:
@@ -355,6 +388,9 @@ def profiled_worker(out: Path, argv: list[str]) -> None:
         "calls": timer.calls,
         "methods": timer.methods,
         "method_seconds": timer.method_seconds,
+        "requests": counter.requests,
+        "request_seconds": counter.seconds,
+        "endpoints": counter.endpoints,
     }
     out.write_text(json.dumps(result))
 
@@ -395,6 +431,11 @@ def storage_overhead(workers: int, root: Path, trials: int = 3) -> dict[str, Any
     methods = sorted({m for r in reports for m in r["methods"]})
     by_method = {m: sum(r["methods"].get(m, 0) for r in reports) / trials for m in methods}
     seconds_by_method = {m: sum(r["method_seconds"].get(m, 0.0) for r in reports) / trials for m in methods}
+    http = ("mlflow_tracking", "mlflow_artifacts")
+    requests = {g: sum(r["requests"].get(g, 0) for r in reports) / trials for g in http}
+    request_seconds = {g: sum(r["request_seconds"].get(g, 0.0) for r in reports) / trials for g in http}
+    endpoints = sorted({e for r in reports for e in r["endpoints"]})
+    by_endpoint = {e: sum(r["endpoints"].get(e, 0) for r in reports) / trials for e in endpoints}
     return {
         "workers": workers,
         "trials": trials,
@@ -404,6 +445,11 @@ def storage_overhead(workers: int, root: Path, trials: int = 3) -> dict[str, Any
         "calls_per_trial_by_method": by_method,
         "seconds_per_trial_by_method": seconds_by_method,
         "storage_seconds_per_trial": per_trial["optuna"] + per_trial["mlflow_tracking"],
+        # what went over the wire: HTTP requests and their seconds (an upload of a folder is a
+        # request per file; a call such as shut_down_async_logging is none)
+        "http_requests_per_trial": requests,
+        "http_seconds_per_trial": request_seconds,
+        "http_requests_per_trial_by_endpoint": by_endpoint,
     }
 
 

@@ -1,19 +1,24 @@
 """Runs through the tracking gateway against the session's real server: each tracker writes to its
-own run by id (a parent and its nested child open at once; the model too), and several processes
-logging the same dataset into one experiment at once all succeed."""
+own run by id (a parent and its nested child open at once; the model too), several processes
+logging the same dataset into one experiment at once all succeed, and a run talks to its tracking
+server only."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
+import subprocess
+import threading
 from pathlib import Path
 from threading import Barrier
 
 import mlflow
-from conftest import MlflowServer
+from conftest import TINY, VENV_BIN, MlflowServer, cli_env
 from mlflow.tracking import MlflowClient
 
 from umx_tune import tracking
+from umx_tune.cli.options import option_name
 from umx_tune.tracking.runs import start_run
 
 RACERS = 3
@@ -90,3 +95,39 @@ def test_processes_logging_one_dataset_at_once_all_succeed(
         assert run.info.status == "FINISHED"
         digests = sorted(d.dataset.digest for d in run.inputs.dataset_inputs)
         assert digests == [f"digest-{r}" for r in range(ROUNDS)]
+
+
+# what MLflow's telemetry takes for a CI machine or a test, where it stays off by itself
+CI_MARKERS = ("CI", "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "BUILDKITE")
+
+
+def test_train_sends_nothing_beyond_its_tracking_server_unless_telemetry_is_asked_for(
+    tracking_uri: str, synth_root: Path, tmp_path: Path
+) -> None:
+    """Every request to another host goes to a recording proxy: `umx-tune train` sends none
+    (MLflow's usage telemetry is off); with MLFLOW_DISABLE_TELEMETRY=false MLflow's config request
+    reaches it (the recorder sees what it should)."""
+    seen: list[bytes] = []
+    proxy = socket.create_server(("127.0.0.1", 0))
+
+    def record() -> None:
+        while True:
+            connection, _ = proxy.accept()
+            with connection:
+                seen.append(connection.recv(256).split(b"\r\n")[0])
+
+    threading.Thread(target=record, daemon=True).start()
+    url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+    env = {k: v for k, v in cli_env().items() if k not in CI_MARKERS}
+    env.update(HTTPS_PROXY=url, HTTP_PROXY=url, NO_PROXY="127.0.0.1,localhost")
+    tiny = [arg for name, value in {**TINY, "epochs": 1}.items() for arg in (option_name(name), str(value))]
+    command = [str(VENV_BIN / "umx-tune"), "train", *tiny, "--quiet", "--no-audio", "--experiment", "offline"]
+    for telemetry, expected in (("", []), ("false", [b"CONNECT config.mlflow-telemetry.io:443"])):
+        env.pop("MLFLOW_DISABLE_TELEMETRY", None)
+        if telemetry:
+            env["MLFLOW_DISABLE_TELEMETRY"] = telemetry
+        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert [line.rsplit(b" ", 1)[0] for line in seen] == expected, seen
+        seen.clear()
+    proxy.close()

@@ -91,7 +91,10 @@ def _run(
             _print_epoch(result, config.epochs)
         if on_epoch is not None:
             on_epoch(result)
-        tracker.send(wait=False)  # the epoch's batch (a pruned epoch's goes with the run's end)
+        if not (result.stop or result.epoch >= config.epochs):
+            # the epoch's batch; the last epoch's goes with the scores (log_model), a pruned
+            # epoch's with the run's end
+            tracker.send(wait=False)
 
     init = _init_weights(config, tracker) if config.init_model and not resume else None
     training = trainer.fit(after_epoch, resume=resume, init=init)

@@ -28,7 +28,6 @@ from umx_tune.report.note import set_note
 from umx_tune.report.runs import Report, RunRow, check_protocols, config_runs, load_children, reading_client
 from umx_tune.report.tables import configs, html_document, html_tables
 from umx_tune.report.uncertainty import SCORES_RANKING, Config
-from umx_tune.tracking.artifacts import download_artifact
 from umx_tune.tracking.runs import artifact_tempdir
 
 PAGE_FILE = Path(tracking.STUDY_PAGE_ARTIFACT).name
@@ -110,9 +109,10 @@ class _Fetcher:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.client = reading_client()
 
     def __call__(self, run: RunRow, artifact: str) -> Path:
-        return download_artifact(run.run_id, artifact, self.folder / run.run_id)
+        return self.client.download_artifact(run.run_id, artifact, self.folder / run.run_id)
 
 
 def _excerpt_players(pair: Pair, fetch: _Fetcher) -> tuple[list[str], list[str]]:

@@ -71,7 +71,7 @@ class Snapshot:
     study: optuna.Study
     trials: list[FrozenTrial]
     runs: dict[int | None, list[Run]]  # trial number tag -> the parent's child runs carrying it
-    parent: Run | None
+    parent: Run | None  # None where MLflow has none, or where it was not read (no summary audited)
     experiment_id: str
     beat_ages: dict[int, float] | None  # trial id -> seconds since its last heartbeat (None: no beats)
 
@@ -89,7 +89,7 @@ class Audit:
     def check(self, summary: bool = True) -> list[Finding]:
         """Every disagreement, in the order a repair fixes them (the summary last; summary=False: all
         but the summary, which the worker concluding the study is about to write)."""
-        snap = self._snapshot()
+        snap = self._snapshot(parent=summary)
         findings = [f for trial in snap.trials for f in self._trial(snap, trial)]
         numbers = {trial.number for trial in snap.trials}
         strays = [run for number, runs in snap.runs.items() if number not in numbers for run in runs]
@@ -101,32 +101,34 @@ class Audit:
 
     def repair(self, done: Callable[[Finding], None], summary: bool = True) -> list[Finding]:
         """Repair what can be (done(finding) after each); returns what still disagrees."""
+        found = self.check(summary)
         for _ in range(PASSES):
-            found = self.check(summary)
             fixable = [(finding, finding.repair) for finding in found if finding.repair is not None]
             if not fixable:
                 break
             for finding, fix in fixable:
                 fix()
                 done(finding)
-        return self.check(summary)
+            found = self.check(summary)
+        return found
 
     # reading
-    def _snapshot(self) -> Snapshot:
+    def _snapshot(self, parent: bool) -> Snapshot:
+        """The study read once; its parent run too where parent is True (the summary is audited)."""
         client = Client()
         settings = self.ctx.settings
-        found = client.find_experiment(settings.experiment)
-        if found is None:
+        experiment_id = client.known_experiment_id(settings.experiment)
+        if experiment_id is None:
             raise ConfigError(f"study {settings.name!r}: MLflow has no experiment {settings.experiment!r}")
         parent_filter = tracking.tag_equals(tracking.TAG_PARENT_RUN, self.ctx.parent_run_id)
         runs: dict[int | None, list[Run]] = defaultdict(list)
-        for run in client.search_runs([found.experiment_id], parent_filter):
+        for run in client.search_runs([experiment_id], parent_filter):
             runs[_number(run)].append(run)
-        parent = client.find_run(self.ctx.parent_run_id)
+        parent_run = client.find_run(self.ctx.parent_run_id) if parent else None
         study = self.ctx.load(optuna.samplers.RandomSampler(), optuna.pruners.NopPruner())
         trials = study.get_trials(deepcopy=False)
         ages = _beat_ages(self.ctx.storage, self.ctx.study_id)
-        return Snapshot(study, trials, runs, parent, str(found.experiment_id), ages)
+        return Snapshot(study, trials, runs, parent_run, experiment_id, ages)
 
     def _alive(self, snap: Snapshot, trial: FrozenTrial) -> bool:
         """Whether the trial's worker beat within the grace period (its claim counts as a beat)."""

@@ -212,15 +212,20 @@ def finalize(parent_run_id: str, study: optuna.Study, objective: Objective, stat
         metrics[tracking.BEST_VALUE] = best.values[0]
     client.log(parent_run_id, tags=tags, metrics=metrics)
     importances = param_importances(study)
-    with artifact_tempdir() as tmp:
-        for png in write_study_plots(study, Path(tmp), importances):
-            client.log_artifact(parent_run_id, png, tracking.PLOTS_ARTIFACT_DIR)
-    client.log_text(parent_run_id, _trials_table(study), tracking.STUDY_TRIALS_ARTIFACT)
+    texts = {tracking.STUDY_TRIALS_ARTIFACT: _trials_table(study)}
     if importances:
-        client.log_text(parent_run_id, importances_csv(importances), tracking.STUDY_IMPORTANCES_ARTIFACT)
+        texts[tracking.STUDY_IMPORTANCES_ARTIFACT] = importances_csv(importances)
     if best is not None:
         summary = {"number": best.number, "values": best.values, "params": best.params, **best.user_attrs}
-        client.log_text(parent_run_id, json.dumps(summary, indent=2), tracking.STUDY_BEST_ARTIFACT)
+        texts[tracking.STUDY_BEST_ARTIFACT] = json.dumps(summary, indent=2)
+    with artifact_tempdir() as tmp:  # one upload: the plots and the tables, each under its folder
+        plots = Path(tmp) / tracking.PLOTS_ARTIFACT_DIR
+        plots.mkdir()
+        write_study_plots(study, plots, importances)
+        for artifact, text in texts.items():
+            (Path(tmp) / artifact).parent.mkdir(exist_ok=True)
+            (Path(tmp) / artifact).write_text(text, encoding="utf-8")
+        client.log_artifacts(parent_run_id, Path(tmp))
     return best
 
 
@@ -265,10 +270,13 @@ def is_finished(run_id: str) -> bool:
     return Client().get_run(run_id).info.status == tracking.STATUS_FINISHED
 
 
-def reopen_parent(parent_run_id: str) -> None:
-    """Mark an ended parent RUNNING again while this worker works on the study."""
+def reopen_parent(parent_run_id: str, experiment: str) -> None:
+    """Mark an ended parent RUNNING again while this worker works on the study (in experiment:
+    the parent run read tells this process its id)."""
     client = Client()
-    if client.get_run(parent_run_id).info.status != tracking.STATUS_RUNNING:
+    parent = client.get_run(parent_run_id)
+    client.learn_experiment_id(experiment, parent.info.experiment_id)
+    if parent.info.status != tracking.STATUS_RUNNING:
         client.reopen_run(parent_run_id)
         client.set_tag(parent_run_id, tracking.TAG_STUDY_STATE, "running")
 

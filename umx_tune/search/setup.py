@@ -73,7 +73,7 @@ def open_study(
         settings = request.join(stored)
         objective = objectives.get(settings.objective)
         _check_directions(storage, study_id, objective, name)
-        mirror.reopen_parent(parent)
+        mirror.reopen_parent(parent, settings.experiment)
     return StudyContext(settings, objective, storage, storage_url, study_id, parent, created)
 
 

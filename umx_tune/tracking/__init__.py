@@ -48,6 +48,7 @@ EVAL_SECONDS = "eval_seconds"
 # MLflow's system metrics (tracking.system): 'system/cpu_utilization_percentage', … every interval
 SYSTEM_METRICS_PREFIX = "system/"
 SYSTEM_METRICS_INTERVAL = 10  # seconds between samples (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides)
+SYSTEM_METRICS_SEND_EVERY = 6  # samples sent in one batch (a minute of them at the default interval)
 # real-time probe: processing time / audio duration, offline and streamed (causal models only)
 REALTIME_FACTOR = "rtf"
 REALTIME_FACTOR_STREAMING = "rtf_streaming"

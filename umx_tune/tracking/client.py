@@ -77,9 +77,18 @@ def _tags(tags: Mapping[str, object]) -> list[RunTag]:
     return [RunTag(key, str(value)) for key, value in tags.items()]
 
 
-def _metrics(metrics: Mapping[str, float], step: int, model_id: str | None = None) -> list[Metric]:
+# metrics by step: {step: {name: value}}, what one batch may hold
+Steps = Mapping[int, Mapping[str, float]]
+
+
+def _metrics(steps: Steps, model_id: str | None = None) -> list[Metric]:
+    """MLflow's metrics of every step; those of step 0 linked to the LoggedModel model_id, if given."""
     now = _now_ms()
-    return [Metric(key, float(value), now, step, model_id=model_id) for key, value in metrics.items()]
+    return [
+        Metric(key, float(value), now, step, model_id=model_id if step == 0 else None)
+        for step, metrics in steps.items()
+        for key, value in metrics.items()
+    ]
 
 
 class Client:
@@ -123,6 +132,10 @@ class Client:
                 return None
             Client._experiment_ids[key] = str(found.experiment_id)
         return Client._experiment_ids[key]
+
+    def learn_experiment_id(self, name: str, experiment_id: str) -> None:
+        """The experiment's id as a run read from the server gives it: not asked for again."""
+        Client._experiment_ids[(self.store, name)] = experiment_id
 
     def experiment_id(self, name: str) -> str:
         """The experiment's id, creating it (another worker may create it at the same moment)."""
@@ -212,15 +225,26 @@ class Client:
         params: Mapping[str, object] | None = None,
         tags: Mapping[str, object] | None = None,
         step: int = 0,
+    ) -> None:
+        """Metrics (at step), params and tags, in one batch; waits for the server."""
+        self.log_steps(run_id, {step: metrics or {}}, params=params, tags=tags)
+
+    def log_steps(
+        self,
+        run_id: str,
+        steps: Steps,
+        *,
+        params: Mapping[str, object] | None = None,
+        tags: Mapping[str, object] | None = None,
         model_id: str | None = None,
     ) -> None:
-        """Metrics (at step; linked to the LoggedModel model_id, if given), params and tags, in one
-        batch; waits for the server."""
+        """Metrics of several steps (those of step 0 linked to the LoggedModel model_id, if given),
+        params and tags, in one batch; waits for the server."""
         self._call(
             f"to log to run {run_id}",
             self._mlflow.log_batch,
             run_id,
-            metrics=_metrics(metrics or {}, step, model_id),
+            metrics=_metrics(steps, model_id),
             params=[Param(key, str(value)) for key, value in (params or {}).items()],
             tags=_tags(tags or {}),
         )
@@ -229,20 +253,16 @@ class Client:
         self._call(f"to tag run {run_id}", self._mlflow.set_tag, run_id, key, str(value))
 
     def log_soon(
-        self,
-        run_id: str,
-        metrics: Mapping[str, float],
-        step: int = 0,
-        tags: Mapping[str, object] | None = None,
+        self, run_id: str, steps: Steps, tags: Mapping[str, object] | None = None
     ) -> Callable[[], None]:
-        """Log metrics (and tags, in the same batch) without waiting on the server: `log` on this
-        process's one background sender, so batches land in the order they were sent. Returns the
-        function that waits for it (raising its TrackingError).
+        """Log metrics (and tags, in the same batch) without waiting on the server: `log_steps` on
+        this process's one background sender, so batches land in the order they were sent. Returns
+        the function that waits for it (raising its TrackingError).
 
         Not MLflow's asynchronous logging: a run's end (set_terminated) shuts that down, waiting
         out its logging thread's poll (about half a second per run).
         """
-        future = _SENDER.submit(self.log, run_id, metrics=metrics, tags=tags, step=step)
+        future = _SENDER.submit(self.log_steps, run_id, steps, tags=tags)
         return lambda: future.result()
 
     def log_dataset(self, run_id: str, root: Path, name: str, digest: str, context: str) -> None:
@@ -269,8 +289,9 @@ class Client:
         doing = f"to store {path.name} in run {run_id}"
         self._call(doing, lambda: self._artifacts(run_id).log_artifact(str(path), artifact_path))
 
-    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
-        doing = f"to store {artifact_path}/ in run {run_id}"
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        """The folder's files under artifact_path (None: at the run's artifact root)."""
+        doing = f"to store {artifact_path or folder.name}/ in run {run_id}"
         self._call(doing, lambda: self._artifacts(run_id).log_artifacts(str(folder), artifact_path))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
@@ -280,17 +301,33 @@ class Client:
             path.write_text(text, encoding="utf-8")
             self.log_artifact(run_id, path, posixpath.dirname(artifact_file) or None)
 
+    def download_artifact(self, run_id: str, artifact_path: str, dst_dir: Path) -> Path:
+        """One artifact (a file or a folder) of the run, downloaded into dst_dir; its local path.
+
+        The run's artifact store is asked directly, its URI read from the server only if this
+        process has not (mlflow.artifacts.download_artifacts reads the run and searches its logged
+        models first, three requests for each file). TrackingError (one line) when the run or the
+        artifact does not exist or cannot be read.
+        """
+        # MLflow's download progress bar would precede a later one-line error on stderr
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        store = self._artifacts(run_id)
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        doing = f"to download {artifact_path} of run {run_id}"
+        try:
+            return Path(self._call(doing, store.download_artifacts, artifact_path, str(dst_dir)))
+        except OSError as err:  # a local artifact store without the file
+            raise TrackingError(f"MLflow refused {doing}: {first_line(err)}") from None
+
     def read_text(self, run_id: str, artifact_file: str) -> str | None:
         """A text artifact of the run (as log_text stored it), or None where the run has none."""
-        from umx_tune.tracking.artifacts import download_artifact
-
         folder = posixpath.dirname(artifact_file) or None
         doing = f"to list the artifacts of run {run_id}"
         listed = self._call(doing, self._mlflow.list_artifacts, run_id, folder)
         if artifact_file not in {entry.path for entry in listed}:
             return None
         with tempfile.TemporaryDirectory(prefix="umx-tune-") as tmp:
-            return download_artifact(run_id, artifact_file, Path(tmp)).read_text()
+            return self.download_artifact(run_id, artifact_file, Path(tmp)).read_text()
 
     # searches
     def search_runs(self, experiment_ids: Sequence[str], filter_string: str = "") -> list[Run]:
@@ -301,7 +338,7 @@ class Client:
                 list(experiment_ids), filter_string, ViewType.ACTIVE_ONLY, max_results=PAGE, page_token=token
             )
 
-        return self._pages(f"to search runs ({filter_string or 'all'})", page)
+        return [self._known(run) for run in self._pages(f"to search runs ({filter_string or 'all'})", page)]
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """(step, value) of every value of a metric, in step order."""
@@ -331,7 +368,7 @@ class Client:
         would put one logged without an active run in the default experiment), in MLflow's
         Model.log steps less its reads: Model.log reads the run's every metric history back to
         link its step-0 metrics to the model, which the caller does by logging them with the
-        model's id (`log`'s model_id). A retry after a cut may leave the first attempt's
+        model's id (`log_steps`'s model_id). A retry after a cut may leave the first attempt's
         LoggedModel behind, PENDING.
         """
         from mlflow.entities import LoggedModelOutput, LoggedModelStatus

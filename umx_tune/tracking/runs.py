@@ -64,11 +64,11 @@ def version_tags() -> dict[str, str]:
 class RunTracker:
     """Logs one umx-tune run, by its id. Created by `start_run`.
 
-    What one moment logs goes out in one batch: params, tags and metrics (of one step) are staged
-    and sent together by `send` (the pipeline sends at the run's start and after each epoch, in the
-    background), by `log_model` (the run's scores, linked to the model) and by the run's end; each
-    batch carries the run's heartbeat. Every call is retried by the one policy; batches sent in the
-    background are waited for by `flush`.
+    What one moment logs goes out in one batch: params, tags and metrics (of any steps) are staged
+    and sent together by `send` (the pipeline sends at the run's start and after each epoch but the
+    last, in the background), by `log_model` (the last epoch's values and the run's scores, these
+    linked to the model) and by the run's end; each batch carries the run's heartbeat. Every call is
+    retried by the one policy; batches sent in the background are waited for by `flush`.
     """
 
     def __init__(self, client: Client, run: Run, beat: heartbeat.Beat) -> None:
@@ -79,8 +79,7 @@ class RunTracker:
         self._pending: list[Callable[[], None]] = []
         self._params: dict[str, Any] = {}
         self._tags: dict[str, Any] = {}
-        self._metrics: dict[str, float] = {}
-        self._step = 0
+        self._metrics: dict[int, dict[str, float]] = {}  # step -> staged metrics
 
     def log_config(self, config: TrainConfig) -> None:
         """Params (TrainConfig names) and tags, staged.
@@ -112,31 +111,25 @@ class RunTracker:
     def log_metrics(
         self, metrics: dict[str, float], step: int | None = None, tags: dict[str, Any] | None = None
     ) -> None:
-        """Metrics at step (and tags), staged; metrics of another step staged before go out first,
-        in the background (a batch holds one step)."""
-        step = step or 0
-        if self._metrics and step != self._step:
-            self.send(wait=False)
-        self._metrics.update(metrics)
-        self._step = step
+        """Metrics at step (0 where None) and tags, staged."""
+        self._metrics.setdefault(step or 0, {}).update(metrics)
         self._tags.update(tags or {})
 
     def send(self, wait: bool = True, model_id: str | None = None) -> None:
         """What is staged, with a heartbeat, as one batch: waited for, or (wait=False, no params) in
-        the background, so that training never waits on the server; model_id links its metrics to
-        that LoggedModel. What a failed batch held is not staged again (its error ends the run)."""
+        the background, so that training never waits on the server; model_id links its step-0
+        metrics to that LoggedModel. What a failed batch held is not staged again (its error ends
+        the run)."""
         if not (self._params or self._tags or self._metrics):
             return
-        params, metrics, step = self._params, self._metrics, self._step
+        params, steps = self._params, self._metrics
         tags = {**self._tags, **self._beat.tags()}
         self._params, self._tags, self._metrics = {}, {}, {}
         if wait or params:
             self.flush()  # a batch waited for lands after those sent before it
-            self._client.log(
-                self.run_id, metrics=metrics, params=params, tags=tags, step=step, model_id=model_id
-            )
+            self._client.log_steps(self.run_id, steps, params=params, tags=tags, model_id=model_id)
         else:
-            self._pending.append(self._client.log_soon(self.run_id, metrics, step, tags))
+            self._pending.append(self._client.log_soon(self.run_id, steps, tags))
 
     def flush(self) -> None:
         """Wait until every batch sent in the background is stored (one lost is sent again)."""
@@ -169,8 +162,8 @@ class RunTracker:
         """The separator as the run's model: its Open-Unmix folder (args: each target's training
         options, for `<target>.json`) and the MLmodel file; returns its model URI.
 
-        What is staged (the scores, the step-0 metrics MLflow links to a model) goes out after
-        it, linked to it, in one batch.
+        What is staged (the last epoch's values; the scores, the step-0 metrics MLflow links to a
+        model) goes out after it in one batch, the scores linked to it.
         """
         from umx_tune.separation.folder import write_model_folder
 
@@ -179,7 +172,7 @@ class RunTracker:
             lambda folder: write_model_folder(separator, folder, args),
             {"format": "openunmix-folder", "targets": list(separator.target_models)},
         )
-        self.send(model_id=model_id if self._step == 0 else None)
+        self.send(model_id=model_id)
         return model_uri
 
     def end(self, status: str, error: str | None) -> None:

@@ -98,12 +98,14 @@ def checkpoint_file(run_id: str, checkpoint_root: Path) -> Path:
     local = run_checkpoint_dir(checkpoint_root, run_id) / CHECKPOINT_FILE
     if local.is_file():
         return local
-    from umx_tune.tracking.artifacts import download_artifact  # MLflow: only when needed
+    from umx_tune.tracking.client import Client  # MLflow: only when needed
 
     # downloaded elsewhere first: a run without a checkpoint leaves no empty folder behind
     with tempfile.TemporaryDirectory(prefix="umx-tune-") as tmp:
         try:
-            downloaded = download_artifact(run_id, f"{CHECKPOINT_ARTIFACT_DIR}/{CHECKPOINT_FILE}", Path(tmp))
+            downloaded = Client().download_artifact(
+                run_id, f"{CHECKPOINT_ARTIFACT_DIR}/{CHECKPOINT_FILE}", Path(tmp)
+            )
         except TrackingError as err:
             raise ModelError(f"no checkpoint to resume run {run_id} in {local.parent}: {err}") from None
         local.parent.mkdir(parents=True, exist_ok=True)
