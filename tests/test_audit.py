@@ -99,7 +99,7 @@ def test_a_damaged_study_is_found_and_repaired_once(
     First issue 15's first defect as it ends (an entry FAILed by a tracking error, never queued
     again, the study concluded 'complete') and a worker killed between its claim and its first beat;
     then, on the clean study, a deleted run, a run with another state and value than its trial, two
-    orphan runs left RUNNING and a summary that is not the study's.
+    orphan runs left RUNNING, a second run made by one creation and a summary that is not the study's.
     """
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     grid = write_grid(tmp_path / "grid.yaml", "a", "b")
@@ -148,15 +148,24 @@ def test_a_damaged_study_is_found_and_repaired_once(
             tracking.TAG_TRIAL_NUMBER: number,
         }
         orphans.append(client.create_run(experiment, tags=tags).info.run_id)
+    # a second answer to run_b's one runs/create (MLflow's HTTP client sends it again when the
+    # first answer is cut): its tags, create token and a heartbeat as fresh as a live run's
+    made = client.get_run(run_b).data.tags
+    repeat = {k: made[k] for k in (tracking.TAG_STUDY, tracking.TAG_PARENT_RUN, tracking.TAG_TRIAL_NUMBER)}
+    repeat.update({k: made[k] for k in (tracking.TAG_CREATE_TOKEN, tracking.TAG_HEARTBEAT_GRACE)})
+    repeat[tracking.TAG_HEARTBEAT] = str(time.time())
+    resent = client.create_run(experiment, tags=repeat).info.run_id
 
     lines = check(capsys, storage, "--check")
-    assert lines[-1] == "study story: 5 disagreements between Optuna and MLflow", lines
+    assert lines[-1] == "study story: 6 disagreements between Optuna and MLflow", lines
     kinds = sorted(line.split(":")[0] for line in lines[:-1])
-    assert kinds == ["missing-run", "orphan-run", "orphan-run", "stale-run", "summary"], lines
+    assert kinds == ["missing-run", "orphan-run", "orphan-run", "orphan-run", "stale-run", "summary"], lines
+    assert any(f"made by a repeat of run {run_b}'s creation" in line for line in lines), lines
     assert any(f"run {run_a} is gone" in line for line in lines)
     assert any("status FAILED (Optuna: FINISHED)" in line and "trial_value 123.0" in line for line in lines)
     assert any("best trial 7 (Optuna: " in line for line in lines)
-    repair_once(capsys, storage, repairs=5)
+    repair_once(capsys, storage, repairs=6)
+    assert client.get_run(resent).info.lifecycle_stage == "deleted"
     runs = children(client, parent)
     assert runs[run_a].info.status == "FINISHED"  # restored, not a second run of its trial
     assert runs[run_b].info.status == "FINISHED" and runs[run_b].data.metrics[tracking.TRIAL_VALUE] == b.value

@@ -131,7 +131,8 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
 
 
 def running_trial_run(study: str, entry: str | None = None) -> Run | None:
-    """A trial run of the study (of that grid entry) that is training (has logged an epoch)."""
+    """A trial run of the study (of that grid entry) that is training (has logged an epoch: one
+    before its last, which goes out with the scores)."""
     _, children = study_runs(study)
     for run in children:
         if entry is not None and run.data.tags.get(tracking.TAG_GRID_ENTRY) != entry:

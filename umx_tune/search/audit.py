@@ -155,7 +155,9 @@ class Audit:
                 fail = partial(self._fail_stale, snap.study, trial)
                 yield Finding(STALE_TRIAL, f"{named(trial)}: RUNNING without a live heartbeat", fail)
             elif linked:  # its worker's run is known: any other is a leftover
-                yield from self._orphans([r for r in runs if r.info.run_id != linked], "another run is its")
+                kept = next((r for r in runs if r.info.run_id == linked), None)
+                others = [r for r in runs if r.info.run_id != linked]
+                yield from self._orphans(others, "another run is its", kept)
             return
         if trial.state == TrialState.WAITING:
             yield from self._orphans(runs, "its trial has not started")
@@ -163,7 +165,7 @@ class Audit:
         main = next((r for r in runs if r.info.run_id == linked), None)
         if main is None and not linked and runs:
             main = max(runs, key=lambda r: r.info.start_time or 0)
-        yield from self._orphans([r for r in runs if r is not main], f"{named(trial)} has another run")
+        yield from self._orphans([r for r in runs if r is not main], f"{named(trial)} has another run", main)
         if main is None:
             what = f"run {linked} is gone" if linked else "it never got one"
             restore = partial(self._restore, snap, trial)
@@ -177,12 +179,22 @@ class Audit:
             text = "; ".join(differences)
             yield Finding(STALE_RUN, f"{named(trial)}: run {main.info.run_id} says {text}", fix)
 
-    def _orphans(self, runs: list[Run], why: str) -> Iterator[Finding]:
+    def _orphans(self, runs: list[Run], why: str, kept: Run | None = None) -> Iterator[Finding]:
+        """Runs that mirror no trial, ended FAILED as orphans; one that carries kept's create token
+        is a second answer to kept's one runs/create (MLflow's HTTP client sends a create again when
+        the first answer is cut), which no process ever wrote to: it is deleted, even while its
+        creation's heartbeat is fresh."""
+        token = kept.data.tags.get(tracking.TAG_CREATE_TOKEN) if kept else None
+        kept_id = kept.info.run_id if kept else ""
         for run in runs:
+            what = f"run {run.info.run_id} ({run.info.run_name}, {run.info.status})"
+            if token is not None and run.data.tags.get(tracking.TAG_CREATE_TOKEN) == token:
+                text = f"{what}: made by a repeat of run {kept_id}'s creation (its create token)"
+                yield Finding(ORPHAN_RUN, text, partial(mirror.delete_duplicate, run.info.run_id))
+                continue
             seen = tracking.TAG_ORPHAN in run.data.tags and run.info.status != tracking.STATUS_RUNNING
             if seen or _run_alive(run):  # a live heartbeat: some process is still writing to it
                 continue
-            what = f"run {run.info.run_id} ({run.info.run_name}, {run.info.status})"
             yield Finding(ORPHAN_RUN, f"{what}: {why}", partial(mirror.end_orphan, run.info.run_id, why))
 
     def _fail_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -174,6 +174,12 @@ def end_orphan(run_id: str, reason: str) -> None:
     client.end_run(run_id, tracking.STATUS_FAILED)
 
 
+def delete_duplicate(run_id: str) -> None:
+    """A second run made by one creation (the same create token as the trial's run), deleted: it
+    holds nothing but its creation's tags."""
+    Client().delete_run(run_id)
+
+
 def mark_lost(trial: FrozenTrial, reason: str, study_name: str | None = None) -> None:
     """A trial whose worker died: its run (if it got one) ends FAILED with the reason.
 

@@ -96,6 +96,7 @@ class Client:
 
     # (store, name) -> experiment id: a worker starts run after run in one experiment
     _experiment_ids: ClassVar[dict[tuple[str, str], str]] = {}
+    _missing_experiments: ClassVar[set[tuple[str, str]]] = set()  # found missing by this process
     # run id -> artifact URI, of the runs this process made or read: their uploads need not ask
     _artifact_uris: ClassVar[dict[str, str]] = {}
 
@@ -129,6 +130,7 @@ class Client:
         if key not in Client._experiment_ids:
             found = self.find_experiment(name)
             if found is None:
+                Client._missing_experiments.add(key)
                 return None
             Client._experiment_ids[key] = str(found.experiment_id)
         return Client._experiment_ids[key]
@@ -138,12 +140,17 @@ class Client:
         Client._experiment_ids[(self.store, name)] = experiment_id
 
     def experiment_id(self, name: str) -> str:
-        """The experiment's id, creating it (another worker may create it at the same moment)."""
-        known = self.known_experiment_id(name)
+        """The experiment's id, creating it (another worker may create it at the same moment; an
+        experiment this process found missing is created without asking again: a create that finds
+        it made reads its id)."""
+        key = (self.store, name)
+        known = None if key in Client._missing_experiments else self.known_experiment_id(name)
         if known is not None:
             return known
-        Client._experiment_ids[(self.store, name)] = made = self._create_experiment(name)
-        return made
+        if key not in Client._experiment_ids:
+            Client._experiment_ids[key] = self._create_experiment(name)
+            Client._missing_experiments.discard(key)
+        return Client._experiment_ids[key]
 
     def _create_experiment(self, name: str) -> str:
         try:
@@ -208,6 +215,10 @@ class Client:
     def reopen_run(self, run_id: str, name: str | None = None) -> None:
         """Mark an ended run RUNNING again (renamed, if name is given)."""
         self._call(f"to reopen run {run_id}", self._mlflow.update_run, run_id, status="RUNNING", name=name)
+
+    def delete_run(self, run_id: str) -> None:
+        """Mark the run deleted (MLflow keeps it until its garbage collection)."""
+        self._call(f"to delete run {run_id}", self._mlflow.delete_run, run_id)
 
     def restore_run(self, run_id: str) -> None:
         """Bring a deleted run back (MLflow keeps it until its garbage collection)."""
