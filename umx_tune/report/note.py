@@ -96,10 +96,15 @@ def note(report: Report, plot_paths: Sequence[str] = ()) -> str:
     return _summary(report) + "\n" + footer
 
 
+def study_note(report: Report, plot_paths: Sequence[str] = ()) -> str:
+    """note(report), or what a study without trial runs says."""
+    return note(report, plot_paths) if report.rows else "No trial runs yet.\n"
+
+
 def set_note(report: Report, plot_paths: Sequence[str] = ()) -> str:
-    """Write note(report) to the report's parent run; returns the text."""
+    """Write study_note(report) to the report's parent run; returns the text."""
     if report.parent_run_id is None:
         raise ReportError(f"{report.title} has no parent run to describe")
-    text = note(report, plot_paths) if report.rows else "No trial runs yet.\n"
+    text = study_note(report, plot_paths)
     reading_client().set_tag(report.parent_run_id, tracking.TAG_NOTE, text)
     return text

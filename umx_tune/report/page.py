@@ -24,7 +24,7 @@ from umx_tune import tracking
 from umx_tune.errors import ReportError
 from umx_tune.evaluation.listen import Excerpt
 from umx_tune.report import figures
-from umx_tune.report.note import set_note
+from umx_tune.report.note import study_note
 from umx_tune.report.runs import Report, RunRow, check_protocols, config_runs, load_children, reading_client
 from umx_tune.report.tables import configs, html_document, html_tables
 from umx_tune.report.uncertainty import SCORES_RANKING, Config
@@ -200,11 +200,12 @@ def log_report(report: Report, run_id: str, protocol: str | None, pair: Pair | N
 
 
 def publish_study(parent_run_id: str) -> str:
-    """What a study's parent run shows when the study ends: the page and the plots (report/) and the
-    description (`mlflow.note.content`) listing them; returns the description. The optimize
-    command calls this; `umx-tune report --study` does the same with its own options."""
+    """What a study's parent run shows when the study ends: the page and the plots (report/),
+    logged here, and the description (`mlflow.note.content`) listing them, returned for the
+    caller to log with the study's summary. The optimize command calls this; `umx-tune report
+    --study` does the same with its own options."""
     report = load_children(parent_run_id)
     if not report.rows:
-        return set_note(report)
+        return study_note(report)
     protocol = check_protocols(report.rows, allow_mixed=True)
-    return set_note(report, log_report(report, parent_run_id, protocol, choose_pair(report)))
+    return study_note(report, log_report(report, parent_run_id, protocol, choose_pair(report)))

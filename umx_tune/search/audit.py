@@ -34,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from umx_tune import tracking
 from umx_tune.config import TrainConfig
 from umx_tune.errors import ConfigError, TrackingError
-from umx_tune.report.note import note
+from umx_tune.report.note import study_note
 from umx_tune.report.runs import load_children
 from umx_tune.search import confirm, driver, mirror, objectives, storage, worker
 from umx_tune.search.plans import GRID_ENTRY_ATTR, Grid
@@ -298,7 +298,7 @@ class Audit:
     def _described(self, parent: Run) -> str:
         """The first line of the description the study's runs give now (its summary line)."""
         report = load_children(parent.info.run_id)
-        return _first_line(note(report) if report.rows else "No trial runs yet.")
+        return _first_line(study_note(report))
 
     def _conclude(self) -> None:
         """The summary written again as the worker that ends a study writes it (no model registered)."""

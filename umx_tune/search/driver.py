@@ -171,7 +171,8 @@ def conclude(outcome: Outcome, study: optuna.Study, register_best: str | None) -
     ctx = outcome.ctx
     waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     state = "complete" if not waiting else f"stopped with {waiting} trials queued"
-    outcome.best = mirror.finalize(ctx.parent_run_id, study, ctx.objective, state)
+    note = _describe(ctx)
+    outcome.best = mirror.finalize(ctx.parent_run_id, study, ctx.objective, state, note)
     if ctx.settings.confirm_best:
         outcome.confirmed = confirm.confirmed(study, ctx.objective)
         if outcome.confirmed:  # the best is the best mean over seeds, not the luckiest seed
@@ -182,25 +183,26 @@ def conclude(outcome: Outcome, study: optuna.Study, register_best: str | None) -
     outcome.concluded = True
     if register_best and outcome.best is not None:
         outcome.registered = mirror.register_best(ctx.parent_run_id, outcome.best, register_best)
-    _describe(ctx)
     mirror.end_parent(ctx.parent_run_id, "FINISHED")
 
 
-def _describe(ctx: StudyContext) -> None:
-    """The results tables as the parent run's description (the MLflow UI shows it on the run's page),
-    and its page (report/index.html: tables, plots, players for the best and the worst config).
+def _describe(ctx: StudyContext) -> str | None:
+    """The parent run's page (report/index.html: tables, plots, players for the best and the worst
+    config), logged; returns the results tables as the parent's description (the MLflow UI shows it
+    on the run's page), which goes out with the study's summary.
 
-    The study is concluded without them if MLflow refuses (a warning says how to write them later):
-    trials, best trial and registered model are already recorded, and the parent must still end.
+    The study is concluded without them if MLflow refuses (None; a warning says how to write them
+    later): trials, best trial and registered model are recorded anyway, and the parent must end.
     """
     try:
-        publish_study(ctx.parent_run_id)
+        return publish_study(ctx.parent_run_id)
     except UmxTuneError as err:  # TrackingError: MLflow refused or did not answer
         print(
             f"umx-tune: warning: the study's description and page were not written ({err}); "
             f"`umx-tune report --study '{ctx.settings.name}'` writes them",
             file=sys.stderr,
         )
+        return None
 
 
 def _check_not_all_failed(report: worker.WorkerReport) -> None:

@@ -202,12 +202,14 @@ def mark_lost(trial: FrozenTrial, reason: str, study_name: str | None = None) ->
             client.end_run(lost, tracking.STATUS_FAILED)
 
 
-def finalize(parent_run_id: str, study: optuna.Study, objective: Objective, state: str) -> FrozenTrial | None:
-    """Best trial, counts, plots and parameter importances on the parent run; returns the best
-    trial (None if none)."""
+def finalize(
+    parent_run_id: str, study: optuna.Study, objective: Objective, state: str, note: str | None = None
+) -> FrozenTrial | None:
+    """Best trial, counts, plots and parameter importances on the parent run, with its description
+    (note) where given; returns the best trial (None if none)."""
     client = Client()
     best = best_trial(study, objective)
-    tags = {tracking.TAG_STUDY_STATE: state}
+    tags = {tracking.TAG_STUDY_STATE: state, **({tracking.TAG_NOTE: note} if note is not None else {})}
     metrics: dict[str, float] = {}
     for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
         metrics[tracking.trial_count_name(s.name)] = len(study.get_trials(deepcopy=False, states=(s,)))
