@@ -34,7 +34,9 @@ from servers import BIN, start_server
 
 from umx_tune import cores
 
-# six entries of about ten seconds each on one core (training, evaluation and logging)
+# six entries of 10 to 25 seconds each on one core, most of it training (with 2 epochs of 8
+# samples per track the trials took 3 to 5 s, and the workers' start and the study's conclusion,
+# which do not run in parallel, were most of a grid's time)
 GRID = """description: study_throughput benchmark grid
 entries:
   h32-b4:  {hidden_size: 32, batch_size: 4}
@@ -44,7 +46,7 @@ entries:
   h96-b4:  {hidden_size: 96, batch_size: 4}
   h96-b8:  {hidden_size: 96, batch_size: 8}
 """
-BASE = ["--epochs", "2", "--samples-per-track", "8", "--seq-dur", "1", "--nfft", "1024", "--nhop", "256"]
+BASE = ["--epochs", "3", "--samples-per-track", "48", "--seq-dur", "1", "--nfft", "1024", "--nhop", "256"]
 BASE += ["--synth-tracks", "4", "--synth-duration", "4", "--device", "cpu", "--no-audio"]
 BASE += ["--no-system-metrics", "--nb-workers", "0"]
 

@@ -198,7 +198,7 @@ def logging_overhead(config: TrainConfig, epochs: int, pairs: int) -> dict:
 
     Two readings each: the difference of median epoch times (noisy: the difference is small), and
     the time spent in the logging itself (direct): the training thread's logging call per epoch,
-    and one sampling cycle of the system-metrics monitor as a share of its interval (the monitor
+    and one sampling cycle of the system-metrics sampler as a share of its interval (the sampler
     takes that share of the process's time, whatever the epoch length).
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -255,24 +255,32 @@ def logging_overhead(config: TrainConfig, epochs: int, pairs: int) -> dict:
     }
 
 
-def system_metrics_cycle(run_id: str, cycles: int = 20) -> float:
-    """Median seconds of one cycle of MLflow's system-metrics monitor, run in this thread: sample
-    every monitor, read the run's status (as the monitor does after each sample), log the sample
-    and send it at once (the worst case: MLflow batches samples when sending is slow)."""
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+def system_metrics_cycle(run_id: str, cycles: int = 24) -> float:
+    """Median seconds of one sampling cycle of umx-tune's system-metrics sampler (tracking.system),
+    run in this thread: sample every monitor and aggregate, plus its share of the batch it sends
+    every SYSTEM_METRICS_SEND_EVERY samples (it asks the server nothing else)."""
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    monitor = SystemMetricsMonitor(run_id)
+    from umx_tune.tracking import SYSTEM_METRICS_SEND_EVERY
+    from umx_tune.tracking.system import Sampler
+
+    sampler = Sampler(run_id)
     client = MlflowClient()
-    times = []
-    for _ in range(cycles):
+    times, pending = [], []
+    for step in range(cycles):
         start = time.perf_counter()
-        monitor.collect_metrics()
-        client.get_run(run_id)
-        monitor.publish_metrics(monitor.aggregate_metrics())
-        monitor.mlflow_logger.flush()
+        sampler.collect_metrics()
+        stamp = int(time.time() * 1000)
+        pending += [Metric(f"system/{k}", v, stamp, step) for k, v in sampler.aggregate_metrics().items()]
+        for monitor in sampler.monitors:
+            monitor.clear_metrics()
+        if (step + 1) % SYSTEM_METRICS_SEND_EVERY == 0:
+            client.log_batch(run_id, metrics=pending)
+            pending = []
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    # a send's cost spread over the cycles it covers, as the sampler spreads it
+    return statistics.mean(times)
 
 
 def main() -> None:

@@ -121,14 +121,23 @@ def trial_choices(trial: optuna.Trial | FrozenTrial) -> dict[str, str]:
     }
 
 
-def record_trial_end(run_id: str, trial: FrozenTrial, reason: str | None = None) -> None:
-    """The Optuna outcome on the trial's (already ended) run: state, value, reason."""
-    tags = {tracking.TAG_TRIAL_STATE: trial.state.name}
+def outcome(
+    state: TrialState, values: Sequence[float] | None, reason: str | None = None
+) -> tuple[dict[str, str], dict[str, float]]:
+    """The tags and metrics that mirror a finished trial's outcome on its run: state, values (the
+    finite ones; Optuna fails a trial of any other), reason."""
+    tags = {tracking.TAG_TRIAL_STATE: state.name}
     if reason:
         tags[tracking.TAG_ERROR] = reason[: tracking.ERROR_LIMIT]
     metrics = {}
-    if trial.values is not None and all(math.isfinite(v) for v in trial.values):
-        metrics = {tracking.trial_value_name(i): v for i, v in enumerate(trial.values)}
+    if values is not None and all(math.isfinite(v) for v in values):
+        metrics = {tracking.trial_value_name(i): v for i, v in enumerate(values)}
+    return tags, metrics
+
+
+def record_trial_end(run_id: str, trial: FrozenTrial, reason: str | None = None) -> None:
+    """The Optuna outcome on the trial's (already ended) run: state, value, reason."""
+    tags, metrics = outcome(trial.state, trial.values, reason)
     Client().log(run_id, tags=tags, metrics=metrics)
 
 

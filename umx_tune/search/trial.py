@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from umx_tune import tracking
 from umx_tune.pipeline import run_experiment
@@ -61,7 +62,10 @@ def label(trial: optuna.Trial | optuna.trial.FrozenTrial) -> str:
 def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> tuple[float, ...]:
     """Train and evaluate the trial's config in a child run of the study; returns its values.
 
-    Raises Pruned (the run ends KILLED), or whatever failed (the run ends FAILED with the reason).
+    The run ends with the outcome its worker is about to tell Optuna (COMPLETE and the values, in
+    the run's last batch, where the values are finite): the worker mirrors the trial again only
+    where Optuna records another (worker.mirrored_by_run). Raises Pruned (the run ends KILLED), or
+    whatever failed (the run ends FAILED with the reason).
     """
     entry = trial.user_attrs.get(GRID_ENTRY_ATTR)
     replicate = int(trial.user_attrs.get(REPLICATE_ATTR, 0))
@@ -91,6 +95,10 @@ def run_trial(ctx: StudyContext, trial: optuna.Trial, options: TrialOptions) -> 
         )
         trial.set_user_attr(mirror.MODEL_URI_ATTR, result.model_uri)
         values = ctx.objective.values(result)
+        tags, metrics = mirror.outcome(TrialState.COMPLETE, values)
+        if metrics:  # finite values: what Optuna will record
+            tracker.set_tags(tags)
+            tracker.log_metrics(metrics)
     return values
 
 

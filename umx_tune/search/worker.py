@@ -42,6 +42,9 @@ MAX_RETRIES = 3  # a trial that kills its worker again and again is given up aft
 # trial is queued again (its retries unspent) and the worker goes on once the database answers
 STORAGE_FAULTS = (StorageInternalError, OperationalError)
 STORAGE_FAULT_TRIES = 10  # storage failures in a row (a poll interval apart) before a worker gives up
+# seconds between looks at the study of a worker with nothing to claim while others' trials run: it
+# exits as soon as they end (or runs one queued again), not a heartbeat interval later
+IDLE_POLL = 2.0
 
 
 @dataclass
@@ -88,7 +91,7 @@ def _next_trial(
             return False
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             return True
-        time.sleep(poll)
+        time.sleep(min(poll, IDLE_POLL))  # a trial failed elsewhere is queued again: run it soon
         return False
     try:
         report.ran[trial.number] = run_claimed(ctx, study, trial, options)
@@ -184,7 +187,8 @@ def _finish(
     reason: str | None,
     attrs: dict[str, object],
 ) -> tuple[FrozenTrial, str | None]:
-    """Tell Optuna (the record of truth), then mirror the outcome on the trial's run.
+    """Tell Optuna (the record of truth), then mirror the outcome on the trial's run, unless the
+    run's end already carried it (mirrored_by_run).
 
     Returns the finished trial and the reason it has no value (None when it has one)."""
     try:
@@ -199,8 +203,16 @@ def _finish(
         reason = f"finished after being failed as stale; its retry counts instead ({reason or 'ok'})"
     if frozen.state == TrialState.FAIL and reason is None:
         reason = f"objective value not usable: {values}"  # Optuna fails NaN values itself
-    _mirror_end(frozen, reason)
+    if not mirrored_by_run(frozen, reason, values):
+        _mirror_end(frozen, reason)
     return frozen, reason
+
+
+def mirrored_by_run(frozen: FrozenTrial, reason: str | None, told: list[float] | None) -> bool:
+    """Whether the trial's run already ended with this outcome: run_trial puts a complete trial's
+    state and (finite) values into the run's last batch, before Optuna is told."""
+    _, staged = mirror.outcome(TrialState.COMPLETE, told)
+    return bool(staged) and frozen.state == TrialState.COMPLETE and reason is None and frozen.values == told
 
 
 def _mirror_end(frozen: FrozenTrial, reason: str | None) -> None:

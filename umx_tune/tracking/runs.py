@@ -66,9 +66,10 @@ class RunTracker:
 
     What one moment logs goes out in one batch: params, tags and metrics (of any steps) are staged
     and sent together by `send` (the pipeline sends at the run's start and after each epoch but the
-    last, in the background), by `log_model` (the last epoch's values and the run's scores, these
-    linked to the model) and by the run's end; each batch carries the run's heartbeat. Every call is
-    retried by the one policy; batches sent in the background are waited for by `flush`.
+    last, in the background) and by the run's end (the last epoch's values, the scores, linked to
+    the model `log_model` made, and what the caller adds: a trial's outcome); each batch carries the
+    run's heartbeat. Every call is retried by the one policy; batches sent in the background are
+    waited for by `flush`.
     """
 
     def __init__(self, client: Client, run: Run, beat: heartbeat.Beat) -> None:
@@ -80,6 +81,7 @@ class RunTracker:
         self._params: dict[str, Any] = {}
         self._tags: dict[str, Any] = {}
         self._metrics: dict[int, dict[str, float]] = {}  # step -> staged metrics
+        self._model_id: str | None = None  # the run's LoggedModel, once log_model made it
 
     def log_config(self, config: TrainConfig) -> None:
         """Params (TrainConfig names) and tags, staged.
@@ -115,11 +117,11 @@ class RunTracker:
         self._metrics.setdefault(step or 0, {}).update(metrics)
         self._tags.update(tags or {})
 
-    def send(self, wait: bool = True, model_id: str | None = None) -> None:
+    def send(self, wait: bool = True) -> None:
         """What is staged, with a heartbeat, as one batch: waited for, or (wait=False, no params) in
-        the background, so that training never waits on the server; model_id links its step-0
-        metrics to that LoggedModel. What a failed batch held is not staged again (its error ends
-        the run)."""
+        the background, so that training never waits on the server; once the run has a model, its
+        step-0 metrics are linked to it. What a failed batch held is not staged again (its error
+        ends the run)."""
         if not (self._params or self._tags or self._metrics):
             return
         params, steps = self._params, self._metrics
@@ -127,7 +129,7 @@ class RunTracker:
         self._params, self._tags, self._metrics = {}, {}, {}
         if wait or params:
             self.flush()  # a batch waited for lands after those sent before it
-            self._client.log_steps(self.run_id, steps, params=params, tags=tags, model_id=model_id)
+            self._client.log_steps(self.run_id, steps, params=params, tags=tags, model_id=self._model_id)
         else:
             self._pending.append(self._client.log_soon(self.run_id, steps, tags))
 
@@ -162,17 +164,16 @@ class RunTracker:
         """The separator as the run's model: its Open-Unmix folder (args: each target's training
         options, for `<target>.json`) and the MLmodel file; returns its model URI.
 
-        What is staged (the last epoch's values; the scores, the step-0 metrics MLflow links to a
-        model) goes out after it in one batch, the scores linked to it.
+        What is staged (the last epoch's values, the scores) goes out with the run's next batch,
+        its end's as a rule, and from now on step-0 metrics (the scores) are linked to the model.
         """
         from umx_tune.separation.folder import write_model_folder
 
-        model_uri, model_id = self._client.log_model(
+        model_uri, self._model_id = self._client.log_model(
             self._run,
             lambda folder: write_model_folder(separator, folder, args),
             {"format": "openunmix-folder", "targets": list(separator.target_models)},
         )
-        self.send(model_id=model_id)
         return model_uri
 
     def end(self, status: str, error: str | None) -> None:

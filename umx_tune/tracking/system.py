@@ -24,7 +24,7 @@ from umx_tune.tracking import SYSTEM_METRICS_INTERVAL, SYSTEM_METRICS_SEND_EVERY
 _log = logging.getLogger(__name__)
 
 
-class _Sampler(SystemMetricsMonitor):
+class Sampler(SystemMetricsMonitor):
     """MLflow's monitor, sending its samples SYSTEM_METRICS_SEND_EVERY at a time in one batch.
 
     MLflow's own loop asks the server for the run after every sample (to stop once the run has
@@ -76,7 +76,7 @@ def system_metrics(run_id: str, *, enabled: bool, resume: bool) -> Iterator[None
     # MLflow's warnings from the sampling thread (a GPU library it cannot find, …) would come
     # before the run's own one-line errors
     logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
-    sampler = _Sampler(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL, resume_logging=resume)
+    sampler = Sampler(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL, resume_logging=resume)
     sampler.start()
     try:
         yield
