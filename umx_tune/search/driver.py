@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from umx_tune import cores
 from umx_tune.errors import UmxTuneError
 from umx_tune.paths import require_writable, require_writable_uri
 from umx_tune.report.page import publish_study
@@ -75,13 +76,12 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
         choices.make_pruner(ctx.settings.pruner, _pruner_settings(ctx, options)),
     )
     trial_options = TrialOptions(options.checkpoint_root, options.progress, options.heartbeat_interval)
-    report = worker.WorkerReport()
     try:
-        report = worker.run_worker(ctx, study, trial_options, deadline, poll=heartbeat.interval)
-        while report.stopped_by == "done" and _should_conclude(ctx, study, report) and _heal(ctx, heartbeat):
-            _more(report, worker.run_worker(ctx, study, trial_options, deadline, poll=heartbeat.interval))
-        if report.stopped_by == "done" and _should_conclude(ctx, study, report):
-            _confirm(ctx, study, report, trial_options, deadline, heartbeat.interval)
+        # counted among the processes that share the cores while it runs trials, and between them:
+        # counted only during its trials, a worker let another's trial that began meanwhile take
+        # every core, and the two then fought over them
+        with cores.registered():
+            report = _run_trials(ctx, study, trial_options, deadline, heartbeat)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the last worker out ends the parent
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -99,6 +99,23 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
             time.sleep(heartbeat.interval)
     _check_not_all_failed(report)
     return outcome
+
+
+def _run_trials(
+    ctx: StudyContext,
+    study: optuna.Study,
+    options: TrialOptions,
+    deadline: float | None,
+    heartbeat: storage.HeartbeatSettings,
+) -> worker.WorkerReport:
+    """Queued trials until none is left, what the last worker's repair queues again, then (for the
+    last worker) the confirmations of --confirm-best."""
+    report = worker.run_worker(ctx, study, options, deadline, poll=heartbeat.interval)
+    while report.stopped_by == "done" and _should_conclude(ctx, study, report) and _heal(ctx, heartbeat):
+        _more(report, worker.run_worker(ctx, study, options, deadline, poll=heartbeat.interval))
+    if report.stopped_by == "done" and _should_conclude(ctx, study, report):
+        _confirm(ctx, study, report, options, deadline, heartbeat.interval)
+    return report
 
 
 def _confirm(
