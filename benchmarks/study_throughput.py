@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--no-load-test", action="store_true", help="leave out the load-robustness part")
+    parser.add_argument("--no-contrast", action="store_true", help="leave out the all-cores-each runs")
     args = parser.parse_args()
     machine = cores.machine_cores()
     results = []
@@ -142,7 +143,7 @@ def main() -> None:
         try:
             load_before = os.getloadavg()[0]
             warm_cache()
-            for mode in (None, machine):
+            for mode in (None,) if args.no_contrast else (None, machine):
                 for workers in args.workers:
                     tag = f"w{workers}-{'default' if mode is None else 'all'}"
                     results.append(run_grid(root, uri, workers, mode, tag))

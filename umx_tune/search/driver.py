@@ -55,7 +55,18 @@ class Outcome:
 
 
 def optimize(request: Request, options: RunOptions) -> Outcome:
-    """Create or join the study, run trials until it is done, and conclude it if this worker is last."""
+    """Create or join the study, run trials until it is done, and conclude it if this worker is last.
+
+    The worker counts among the processes that share the machine's cores from its start to its
+    end (umx_tune/cores.py): counted only during its trials, a worker let another's trial that began
+    meanwhile (the first one, while it set the study up) take every core, and the two then fought
+    over them (a 2-worker grid took 0.9 of one worker's time).
+    """
+    with cores.registered():
+        return _optimize(request, options)
+
+
+def _optimize(request: Request, options: RunOptions) -> Outcome:
     # --timeout counts from the start of the command, as Optuna's counts from optimize()
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     check_server()  # fail fast, before any storage or study is made
@@ -77,11 +88,7 @@ def optimize(request: Request, options: RunOptions) -> Outcome:
     )
     trial_options = TrialOptions(options.checkpoint_root, options.progress, options.heartbeat_interval)
     try:
-        # counted among the processes that share the cores while it runs trials, and between them:
-        # counted only during its trials, a worker let another's trial that began meanwhile take
-        # every core, and the two then fought over them
-        with cores.registered():
-            report = _run_trials(ctx, study, trial_options, deadline, heartbeat)
+        report = _run_trials(ctx, study, trial_options, deadline, heartbeat)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: the last worker out ends the parent
         if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
