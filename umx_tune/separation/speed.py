@@ -38,6 +38,9 @@ from umx_tune.separation.streaming_net import check_precision
 # The pipeline's probe separates this much of the test tracks: enough for a stable number, cheap
 # next to training and evaluation.
 PROBE_SECONDS = 10.0
+# ... separated this many times, the median taken: one pass of a short test set is a fraction of a
+# second of CPU, which a busy machine's cache misses and preemptions can stretch by a fifth
+PROBE_REPEATS = 3
 WARMUP_SECONDS = 1.0
 CPU = torch.device("cpu")
 
@@ -261,10 +264,10 @@ def probe_clips(tracks: Sequence[Track], seconds: float = PROBE_SECONDS) -> list
 
 
 def probe(separator: Separator, tracks: Sequence[Track], device: torch.device) -> Measurement:
-    """The pipeline's probe: RTF of up to PROBE_SECONDS of the test tracks on one thread, so that
-    every run of a study is measured alike (whatever its share of the cores) and its rtf_compute
-    is load-robust."""
-    return measure(separator, probe_clips(tracks), device, threads=1)
+    """The pipeline's probe: RTF of up to PROBE_SECONDS of the test tracks on one thread (the median
+    of PROBE_REPEATS passes), so that every run of a study is measured alike (whatever its share of
+    the cores) and its rtf_compute is load-robust."""
+    return measure(separator, probe_clips(tracks), device, threads=1, repeats=PROBE_REPEATS)
 
 
 def nb_model_channels(separator: Separator) -> int:
