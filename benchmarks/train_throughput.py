@@ -256,10 +256,9 @@ def logging_overhead(config: TrainConfig, epochs: int, pairs: int) -> dict:
 
 
 def system_metrics_cycle(run_id: str, cycles: int = 24) -> float:
-    """Median seconds of one sampling cycle of umx-tune's system-metrics sampler (tracking.system),
+    """Mean seconds of one sampling cycle of umx-tune's system-metrics sampler (tracking.system),
     run in this thread: sample every monitor and aggregate, plus its share of the batch it sends
     every SYSTEM_METRICS_SEND_EVERY samples (it asks the server nothing else)."""
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from umx_tune.tracking import SYSTEM_METRICS_SEND_EVERY
@@ -271,10 +270,7 @@ def system_metrics_cycle(run_id: str, cycles: int = 24) -> float:
     for step in range(cycles):
         start = time.perf_counter()
         sampler.collect_metrics()
-        stamp = int(time.time() * 1000)
-        pending += [Metric(f"system/{k}", v, stamp, step) for k, v in sampler.aggregate_metrics().items()]
-        for monitor in sampler.monitors:
-            monitor.clear_metrics()
+        pending += sampler.sample()
         if (step + 1) % SYSTEM_METRICS_SEND_EVERY == 0:
             client.log_batch(run_id, metrics=pending)
             pending = []

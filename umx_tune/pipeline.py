@@ -92,8 +92,8 @@ def _run(
         if on_epoch is not None:
             on_epoch(result)
         if not (result.stop or result.epoch >= config.epochs):
-            # the epoch's batch; the last epoch's goes with the scores (log_model), a pruned
-            # epoch's with the run's end
+            # the epoch's batch; the last epoch's (with the scores) and a pruned epoch's go with
+            # the run's end
             tracker.send(wait=False)
 
     init = _init_weights(config, tracker) if config.init_model and not resume else None

@@ -240,8 +240,9 @@ def finalize(
         plots.mkdir()
         write_study_plots(study, plots, importances)
         for artifact, text in texts.items():
-            (Path(tmp) / artifact).parent.mkdir(exist_ok=True)
-            (Path(tmp) / artifact).write_text(text, encoding="utf-8")
+            path = Path(tmp) / artifact
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(text, encoding="utf-8")
         client.log_artifacts(parent_run_id, Path(tmp))
     return best
 

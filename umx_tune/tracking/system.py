@@ -35,22 +35,27 @@ class Sampler(SystemMetricsMonitor):
 
     def monitor(self) -> None:
         client = MlflowClient(self._tracking_uri)
-        prefix = self._metrics_prefix + (f"{self.node_id}/" if self.node_id else "")
         pending: list[Metric] = []
         while True:
             self.collect_metrics()
             if self._shutdown_event.wait(self.sampling_interval):
                 break
-            stamp = int(time.time() * 1000)
-            values = self.aggregate_metrics()
-            pending += [Metric(prefix + k, v, stamp, self._logging_step) for k, v in values.items()]
-            self._logging_step += 1
-            for sampled in self.monitors:
-                sampled.clear_metrics()
+            pending += self.sample()
             if self._logging_step % SYSTEM_METRICS_SEND_EVERY == 0:
                 _send(client, self._run_id, pending)
                 pending = []
         _send(client, self._run_id, pending)
+
+    def sample(self) -> list[Metric]:
+        """What the monitors collected since the last sample, as one step's metrics
+        ('system/<name>'); the monitors start over and the step advances."""
+        prefix = self._metrics_prefix + (f"{self.node_id}/" if self.node_id else "")
+        stamp, step = int(time.time() * 1000), self._logging_step
+        metrics = [Metric(prefix + k, v, stamp, step) for k, v in self.aggregate_metrics().items()]
+        self._logging_step += 1
+        for sampled in self.monitors:
+            sampled.clear_metrics()
+        return metrics
 
 
 def _send(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
