@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import TINY, assert_one_line_error, run_main
+from conftest import TINY, VENV_BIN, assert_one_line_error, cli_env, run_main
 
 from umx_tune import cores, tracking
 
@@ -22,6 +22,11 @@ def train_run(capsys: pytest.CaptureFixture[str], *args: str) -> mlflow.entities
     """`umx-tune train` with TINY sizes and args; the run it logged."""
     result = run_main(capsys, "train", "--quiet", "--no-audio", "--no-system-metrics", *TINY_ARGS, *args)
     assert result.returncode == 0, result.stderr
+    return newest_run()
+
+
+def newest_run() -> mlflow.entities.Run:
+    """The run `umx-tune train` started last in its default experiment."""
     client = mlflow.MlflowClient()
     runs = client.search_runs(
         [client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id],
@@ -41,6 +46,21 @@ def another_process(isolated_cache: Path) -> Iterator[subprocess.Popen]:
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     process.stdout.readline()  # registered
+    yield process
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def core_holder(isolated_cache: Path) -> Iterator[subprocess.Popen]:
+    """A process holding every core of the machine, as a run alone on it does, until it ends."""
+    code = (
+        "import time\nfrom umx_tune import cores\n"
+        "with cores.reserved(0) as held:\n    print(held, flush=True)\n    time.sleep(600)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == str(cores.machine_cores())
     yield process
     process.kill()
     process.wait()
@@ -75,6 +95,30 @@ def test_a_killed_process_frees_its_share(
     another_process.wait()
     assert another_process.pid not in cores.live_processes()
     assert train_run(capsys).data.params["threads"] == str(cores.machine_cores())
+
+
+@pytest.mark.slow
+def test_a_run_waits_for_a_free_core(tracking_uri: str, core_holder: subprocess.Popen) -> None:
+    """Where other runs hold every core, `umx-tune train` says so and waits: it starts training (its
+    params go out once it holds its cores) only when a core is free, here when the holder is killed."""
+    argv = [str(VENV_BIN / "umx-tune"), "train", "--no-audio", "--no-system-metrics", *TINY_ARGS]
+    env = cli_env(MLFLOW_TRACKING_URI=tracking_uri)
+    train = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    share = max(1, cores.machine_cores() // 2)
+    assert train.stderr is not None
+    for line in train.stderr:
+        if cores.waiting_for(share) in line:
+            break
+    else:
+        pytest.fail(f"`umx-tune train` ended ({train.wait()}) without waiting for a core")
+    waiting = newest_run()
+    assert waiting.info.status == "RUNNING" and "threads" not in waiting.data.params
+    core_holder.kill()  # kill -9: its locks go with it
+    _, err = train.communicate(timeout=300)
+    assert train.returncode == 0, err[-3000:]
+    run = newest_run()
+    assert run.info.run_id == waiting.info.run_id and run.info.status == "FINISHED"
+    assert run.data.params["threads"] == str(share)
 
 
 def test_threads_given_or_from_the_environment_win(

@@ -7,6 +7,7 @@ drops out); elsewhere the command runs in this process through its entry point (
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -36,7 +37,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from test_report import markdown_tables
 
-from umx_tune import tracking
+from umx_tune import cores, tracking
 from umx_tune.cli.options import option_name
 from umx_tune.config import TrainConfig
 from umx_tune.search.plans import GRID_ENTRY_ATTR
@@ -166,11 +167,6 @@ RACE_GRID = {
 }
 
 
-# Three workers on two cores: torch's default of one thread per core each would oversubscribe them
-# (measured: the race takes 2.5 times as long), so each worker trains on one thread.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-
-
 @dataclass
 class RaceStorage:
     """The Optuna storage the racing workers share, and how they are told it."""
@@ -199,13 +195,14 @@ def test_three_workers_replay_a_grid_once(
     race_storage: RaceStorage, tracking_uri: str, tmp_path: Path
 ) -> None:
     """Three concurrent workers share one grid study: six trials, each entry once, exact values,
-    one conclusion (best trial, plots, registered model, the tables as the parent's description)."""
+    one conclusion (best trial, plots, registered model, the tables as the parent's description),
+    and the machine's cores shared: never more trials training at once than cores for them."""
     study = f"race-{race_storage.name}"  # MLflow refuses one study name over two storages
     entries = {name: dict(zip(GRID_KEYS, values, strict=True)) for name, values in RACE_GRID.items()}
     grid = write_grid(tmp_path / "race.yaml", entries)
     args = ["--study-name", study, "--grid", grid, "--register-best", f"umx-{study}-best"]
     argv = [str(VENV_BIN / "umx-tune"), "optimize", *args, *race_storage.worker_args, *BASE_ARGS]
-    env = cli_env(MLFLOW_TRACKING_URI=tracking_uri, **race_storage.worker_env, **ONE_THREAD)
+    env = cli_env(MLFLOW_TRACKING_URI=tracking_uri, **race_storage.worker_env)
     workers = [
         subprocess.Popen(
             argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -227,6 +224,7 @@ def test_three_workers_replay_a_grid_once(
     assert sorted(int(r.data.tags[tracking.TAG_TRIAL_NUMBER]) for r in children) == list(range(6))
     for run in children:
         check_grid_trial_run(run, parent.info.run_id)
+    check_cores_shared(children, workers=3)
     check_study_summary(parent, children, f"umx-{study}-best")
     check_study_description(parent, children)
 
@@ -247,6 +245,19 @@ def check_grid_trial_run(run: Run, parent_run_id: str) -> None:
     assert set(json.loads(run.data.tags[tracking.TAG_TRIAL_DISTRIBUTIONS])) == set(GRID_KEYS)
     history = MlflowClient().get_metric_history(run.info.run_id, tracking.TRIAL_INTERMEDIATE)
     assert sorted(m.step for m in history) == list(range(1, expected["epochs"] + 1))
+
+
+def check_cores_shared(children: list[Run], workers: int) -> None:
+    """Each trial trained on the default rule's share (cores // workers, umx_tune/cores.py), and no
+    more trial runs were open at once than shares fit in the cores: a worker waits for a free core
+    before it claims a trial (without that, on 2 cores the third worker's trial ran beside two)."""
+    share = max(1, cores.machine_cores() // workers)
+    assert {run.data.params["threads"] for run in children} == {str(share)}
+    edges = sorted(
+        edge for run in children for edge in ((run.info.start_time, 1), (run.info.end_time, -1))
+    )  # at one millisecond an end sorts before a start: the run ended before the next began
+    open_runs = list(itertools.accumulate(step for _, step in edges))
+    assert max(open_runs) <= max(1, cores.machine_cores() // share), edges
 
 
 def check_study_summary(parent: Run, children: list[Run], registered: str) -> None:

@@ -60,9 +60,11 @@ def run_experiment(
     on_epoch is called after each epoch (Optuna reports and prunes there); what it logs goes out
     with the epoch's batch.
     resume continues from the run's last checkpoint under checkpoint_root. The run shares this
-    machine's cores with the other umx-tune processes on it (umx_tune/cores.py).
+    machine's cores with the other umx-tune processes on it (umx_tune/cores.py): where they hold
+    every core, it waits for one (and with progress says so).
     """
-    with cores.sharing(config.threads, config.nb_workers) as share:
+    waiting = cores.print_waiting if progress else None
+    with cores.sharing(config.threads, config.nb_workers, waiting) as share:
         return _run(config, tracker, share, on_epoch, resume, checkpoint_root, progress)
 
 

@@ -78,7 +78,7 @@ def evaluate(
     excerpt = listen.choose(data.test, config.replace(target=target))
     name = run_name or f"evaluate {source}"
     with (
-        cores.sharing(config.threads, 0) as share,
+        cores.sharing(config.threads, 0, None if quiet else cores.print_waiting) as share,
         start_run(experiment=experiment, run_name=name, system_metrics=config.system_metrics) as tracker,
     ):
         tracker.set_tags({tracking.TAG_EVALUATED_MODEL: source, tracking.TAG_KIND: tracking.KIND_EVALUATION})

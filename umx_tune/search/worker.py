@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import optuna
 from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
@@ -25,6 +26,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import OperationalError
 
+from umx_tune import cores
 from umx_tune.errors import TrackingUnreachable, UmxTuneError, first_line
 from umx_tune.search import mirror, progress
 from umx_tune.search.confirm import CONFIRMS_ATTR
@@ -65,7 +67,7 @@ def run_worker(
             report.stopped_by = "timeout"
             return report
         try:
-            if _next_trial(ctx, study, options, report, poll):
+            if _next_trial(ctx, study, options, report, poll, deadline):
                 return report
             faults = 0
         except STORAGE_FAULTS as lost:
@@ -80,26 +82,43 @@ def run_worker(
 
 
 def _next_trial(
-    ctx: StudyContext, study: optuna.Study, options: TrialOptions, report: WorkerReport, poll: float
+    ctx: StudyContext,
+    study: optuna.Study,
+    options: TrialOptions,
+    report: WorkerReport,
+    poll: float,
+    deadline: float | None,
 ) -> bool:
-    """Claim and run the next queued trial (or wait for one); True when the study has none left."""
+    """Claim and run the next queued trial (or wait for one); True when the study has none left.
+
+    The trial's cores are taken before the claim (umx_tune/cores.py): a worker waiting for a free
+    core holds no trial that another worker could run, and one past its deadline claims none."""
     fail_stale_trials(study)
-    trial = claim(ctx, study)
-    if trial is None:
-        if ctx.settings.budget is None:  # open-ended search: queue one more ticket
-            study.enqueue_trial({})
+    with cores.reserved(ctx.settings.base.threads, partial(_waiting, ctx, options)):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False  # the loop stops it
+        trial = claim(ctx, study)
+        if trial is not None:
+            try:
+                report.ran[trial.number] = run_claimed(ctx, study, trial, options)
+            except KeyboardInterrupt:
+                report.ran[trial.number] = TrialState.FAIL.name
+                report.stopped_by = "interrupted"
+                raise
             return False
-        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            return True
-        time.sleep(min(poll, IDLE_POLL))  # a trial failed elsewhere is queued again: run it soon
+    if ctx.settings.budget is None:  # open-ended search: queue one more ticket
+        study.enqueue_trial({})
         return False
-    try:
-        report.ran[trial.number] = run_claimed(ctx, study, trial, options)
-    except KeyboardInterrupt:
-        report.ran[trial.number] = TrialState.FAIL.name
-        report.stopped_by = "interrupted"
-        raise
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return True
+    time.sleep(min(poll, IDLE_POLL))  # a trial failed elsewhere is queued again: run it soon
     return False
+
+
+def _waiting(ctx: StudyContext, options: TrialOptions, wanted: int) -> None:
+    """The progress line of a worker that waits for free cores before its next trial."""
+    if options.progress:
+        print(f"{ctx.settings.name}: {cores.waiting_for(wanted)}", file=sys.stderr)
 
 
 def claim(ctx: StudyContext, study: optuna.Study) -> optuna.Trial | None:
