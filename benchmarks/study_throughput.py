@@ -5,7 +5,9 @@ run by N workers sharing one study, against a real `mlflow server` on 127.0.0.1 
 storage, each N twice: with the threads the default rule gives (umx_tune/cores.py: this machine's
 cores divided by the umx-tune processes running) and, for contrast, with every worker using all
 cores (`--threads <cores>`, what every process did before the rule). The figure is the grid's
-wall time from the first worker's start to the last one's end.
+wall time from the first worker's start to the last one's end; with `--repeats K` each is measured
+K times, the rounds interleaved (1, 2, 3 workers, then again) so that a drift of the machine's speed
+reaches every count alike, and the ratios are those of the medians.
 
 Then the load-robust timings: one shape trained by `umx-tune train --threads 1` alone, and again
 beside a competing `umx-tune train` on all cores; its compute measures (`rtf_compute`,
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,6 +136,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--no-load-test", action="store_true", help="leave out the load-robustness part")
     parser.add_argument("--no-contrast", action="store_true", help="leave out the all-cores-each runs")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every worker count")
     args = parser.parse_args()
     machine = cores.machine_cores()
     results = []
@@ -144,19 +148,26 @@ def main() -> None:
             load_before = os.getloadavg()[0]
             warm_cache()
             for mode in (None,) if args.no_contrast else (None, machine):
-                for workers in args.workers:
-                    tag = f"w{workers}-{'default' if mode is None else 'all'}"
-                    results.append(run_grid(root, uri, workers, mode, tag))
-                    print(json.dumps(results[-1]), file=sys.stderr)
+                for repeat in range(args.repeats):
+                    for workers in args.workers:
+                        tag = f"w{workers}-{'default' if mode is None else 'all'}-{repeat}"
+                        results.append(run_grid(root, uri, workers, mode, tag))
+                        print(json.dumps(results[-1]), file=sys.stderr)
             robust = load_robustness(uri) if not args.no_load_test else None
         finally:
             server.terminate()
             server.wait()
-    default = {r["workers"]: r["wall_seconds"] for r in results if r["threads"] == "default rule"}
+    default = {
+        workers: statistics.median(
+            r["wall_seconds"] for r in results if r["threads"] == "default rule" and r["workers"] == workers
+        )
+        for workers in args.workers
+    }
     report = {
         "machine": {"cores": machine, "load_before": round(load_before, 2)},
         "grid_entries": GRID.count("{hidden_size"),
         "results": results,
+        "default_rule_median_seconds": default,
         "default_rule": {
             "two_over_one": round(default[2] / default[1], 3) if {1, 2} <= default.keys() else None,
             "three_over_two": round(default[3] / default[2], 3) if {2, 3} <= default.keys() else None,

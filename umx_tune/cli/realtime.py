@@ -131,7 +131,11 @@ def _separator(
     help="44.1 kHz audio file to measure on [default: seeded noise]",
 )
 @click.option(
-    "--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="offline runs (median)"
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="offline runs (the fastest counts)",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 @click.option("--log", "log_run", is_flag=True, help="record the measurements in the model's MLflow run")

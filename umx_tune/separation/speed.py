@@ -38,9 +38,10 @@ from umx_tune.separation.streaming_net import check_precision
 # The pipeline's probe separates this much of the test tracks: enough for a stable number, cheap
 # next to training and evaluation.
 PROBE_SECONDS = 10.0
-# ... separated this many times, the median taken: one pass of a short test set is a fraction of a
-# second of CPU, which a busy machine's cache misses and preemptions can stretch by a fifth
-PROBE_REPEATS = 3
+# ... separated this many times, the fastest pass counted: one pass of a short test set is a fraction
+# of a second of CPU, which a busy machine's cache misses and preemptions (and a process's first
+# passes) stretch by up to a quarter, never shrink (measured: 10 passes of 0.19 to 0.27 s alone)
+PROBE_REPEATS = 5
 WARMUP_SECONDS = 1.0
 CPU = torch.device("cpu")
 
@@ -181,7 +182,8 @@ def measure(
     precision: str = "float32",
     repeats: int = 1,
 ) -> Measurement:
-    """Offline RTF (median of repeats) and, when streaming, `measure_stream`'s measurement.
+    """Offline RTF (the fastest of repeats: timing noise only adds) and, when streaming,
+    `measure_stream`'s measurement.
 
     clips: audio excerpts (nb_channels, nb_samples), each separated (and streamed) on its own.
     """
@@ -191,7 +193,7 @@ def measure(
     audio_seconds = sum(clip.shape[-1] for clip in clips) / rate
     with torch_threads(threads):
         offline_seconds(separator, _warm_up_clips(separator, clips), device)
-        wall, cpu = np.median([offline_seconds(separator, clips, device) for _ in range(repeats)], axis=0)
+        wall, cpu = np.min([offline_seconds(separator, clips, device) for _ in range(repeats)], axis=0)
     streamed = None
     if block is not None:
         streamed = measure_stream(separator, clips, device, threads=threads, block=block, precision=precision)
@@ -264,7 +266,7 @@ def probe_clips(tracks: Sequence[Track], seconds: float = PROBE_SECONDS) -> list
 
 
 def probe(separator: Separator, tracks: Sequence[Track], device: torch.device) -> Measurement:
-    """The pipeline's probe: RTF of up to PROBE_SECONDS of the test tracks on one thread (the median
+    """The pipeline's probe: RTF of up to PROBE_SECONDS of the test tracks on one thread (the fastest
     of PROBE_REPEATS passes), so that every run of a study is measured alike (whatever its share of
     the cores) and its rtf_compute is load-robust."""
     return measure(separator, probe_clips(tracks), device, threads=1, repeats=PROBE_REPEATS)
