@@ -3,6 +3,7 @@ from its share of the machine (umx_tune/cores.py), read back from the runs `umx-
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import TINY, VENV_BIN, assert_one_line_error, cli_env, run_main
+from conftest import TINY, VENV_BIN, assert_one_line_error, cli_env, run_cli, run_main
 
 from umx_tune import cores, tracking
 
@@ -119,6 +120,17 @@ def test_a_run_waits_for_a_free_core(tracking_uri: str, core_holder: subprocess.
     run = newest_run()
     assert run.info.run_id == waiting.info.run_id and run.info.status == "FINISHED"
     assert run.data.params["threads"] == str(share)
+
+
+@pytest.mark.slow
+def test_the_cores_of_a_stopped_process_are_free(tracking_uri: str, core_holder: subprocess.Popen) -> None:
+    """A run suspended with every core (Ctrl-Z, SIGSTOP) stalls nobody: `umx-tune train` runs at once."""
+    core_holder.send_signal(signal.SIGSTOP)
+    result = run_cli("train", "--no-audio", "--no-system-metrics", *TINY_ARGS, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    share = max(1, cores.machine_cores() // 2)
+    assert cores.waiting_for(share) not in result.stderr
+    assert newest_run().data.params["threads"] == str(share)
 
 
 def test_threads_given_or_from_the_environment_win(

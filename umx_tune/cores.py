@@ -13,10 +13,11 @@ Spark tasks cannot see each other's registrations), or cores // live registered 
 
 A share decided by that last rule is also *held*: one lock file per core, taken for the run and freed
 when it ends (or its process dies). With more processes than cores, a run waits for a free core
-instead of running beside the others on too few (measured: 3 study workers on 2 cores took 1.13
-times as long as 2 did). A study worker takes its cores before it claims a trial (search/worker.py),
-so a waiting worker holds no trial. A share that was given (`--threads`, the environment) is taken
-as it is, without waiting.
+instead of training beside the others on too few. A study worker takes its cores before it claims a
+trial (search/worker.py), so a waiting worker holds no trial. Cores are taken all at once or not at
+all (no run holds some while it waits for more), and a core whose holder is stopped (Ctrl-Z,
+SIGSTOP) counts as free, so a suspended run stalls nobody. A share that was given (`--threads`, the
+environment) is taken as it is, without waiting.
 """
 
 from __future__ import annotations
@@ -109,19 +110,22 @@ def reserved(threads: int, on_wait: Callable[[int], None] | None = None) -> Iter
         yield given or _held
         return
     with registered():
-        wanted = max(1, machine_cores() // max(1, len(live_processes())))
         try:
-            locks = _take_cores(wanted, on_wait)
+            count, locks = _take_cores(on_wait)
         except OSError:
-            yield wanted
+            yield _default_share()
             return
-        _held = wanted
+        _held = count
         try:
-            yield wanted
+            yield count
         finally:
             _held = 0
-            for lock in locks:
-                lock.close()  # closing the file frees its lock
+            _close(locks)
+
+
+def _default_share() -> int:
+    """The default rule: this machine's cores divided by the live umx-tune processes."""
+    return max(1, machine_cores() // max(1, len(live_processes())))
 
 
 def waiting_for(wanted: int) -> str:
@@ -134,37 +138,62 @@ def print_waiting(wanted: int) -> None:
     print(waiting_for(wanted), file=sys.stderr)
 
 
-def _take_cores(wanted: int, on_wait: Callable[[int], None] | None) -> list[IO[str]]:
-    """Open files holding `wanted` of the machine's core locks, waiting until enough are free.
+def _take_cores(on_wait: Callable[[int], None] | None) -> tuple[int, list[IO[str]]]:
+    """The default share's cores, decided again each look (processes come and go), and the open
+    files holding their locks; waits, looking every CORE_POLL seconds, until that many are free.
 
-    One process at a time takes cores (the gate lock), so two runs that each hold some never wait
-    for each other's: only runs that hold all they need hold any.
+    All at once or none: a run never holds some cores while it waits for others, so no two runs
+    wait for each other's. A core locked by a stopped process counts as free (it is not locked
+    again: such a core may be shared once its holder resumes).
     """
     folder = _registry() / "cores"
     folder.mkdir(parents=True, exist_ok=True)
-    held: dict[int, IO[str]] = {}
-    with (folder / "gate").open("a") as gate:
-        fcntl.flock(gate, fcntl.LOCK_EX)
+    while True:
+        wanted = _default_share()
+        held: list[IO[str]] = []
+        borrowed = 0
         try:
-            while True:
-                for core in range(machine_cores()):
-                    if core not in held and len(held) < wanted:
-                        lock = (folder / str(core)).open("a")
-                        try:
-                            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                            held[core] = lock
-                        except BlockingIOError:  # another run holds this core
-                            lock.close()
-                if len(held) == wanted:
-                    return list(held.values())
-                if on_wait is not None:
-                    on_wait(wanted)
-                    on_wait = None
-                time.sleep(CORE_POLL)
+            for core in range(machine_cores()):
+                if len(held) + borrowed == wanted:
+                    break
+                path = folder / str(core)
+                lock = path.open("a+")
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # another run holds this core
+                    lock.close()
+                    borrowed += _held_by_stopped_process(path)
+                    continue
+                held.append(lock)
+                lock.truncate(0)
+                lock.write(str(os.getpid()))  # who holds it, for a run that finds it locked
+                lock.flush()
         except BaseException:
-            for taken in held.values():
-                taken.close()
+            _close(held)
             raise
+        if len(held) + borrowed == wanted:
+            return wanted, held
+        _close(held)
+        if on_wait is not None:
+            on_wait(wanted)
+            on_wait = None
+        time.sleep(CORE_POLL)
+
+
+def _close(locks: list[IO[str]]) -> None:
+    """Free the cores whose lock files these are (closing a file frees its lock)."""
+    for lock in locks:
+        lock.close()
+
+
+def _held_by_stopped_process(path: Path) -> bool:
+    """Whether the core lock at path is held by a stopped process (state T or t: Ctrl-Z, SIGSTOP,
+    a debugger), which may never run again to free it."""
+    try:
+        stat = Path(f"/proc/{int(path.read_text())}/stat").read_text()
+    except (OSError, ValueError):  # no pid written yet, or the holder has just ended
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
 def check_environment() -> None:
