@@ -37,34 +37,32 @@ def newest_run() -> mlflow.entities.Run:
     return runs[0]
 
 
+def sharing_process(block: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A process that enters `block` (a `with cores...` statement naming its value `held`), prints
+    that value, and sleeps there until it is killed; with the line it printed."""
+    body = "    print(held, flush=True)\n    time.sleep(600)"
+    code = f"import time\nfrom umx_tune import cores\n{block}:\n{body}"
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    printed = process.stdout.readline().strip()
+    yield process, printed
+    process.kill()
+    process.wait()
+
+
 @pytest.fixture
 def another_process(isolated_cache: Path) -> Iterator[subprocess.Popen]:
     """A second process registered on this machine, as a second study worker would be."""
-    code = (
-        "import time\nfrom umx_tune import cores\n"
-        "with cores.registered():\n    print(flush=True)\n    time.sleep(600)"
-    )
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    process.stdout.readline()  # registered
-    yield process
-    process.kill()
-    process.wait()
+    for process, _ in sharing_process("with cores.registered() as held"):
+        yield process
 
 
 @pytest.fixture
 def core_holder(isolated_cache: Path) -> Iterator[subprocess.Popen]:
     """A process holding every core of the machine, as a run alone on it does, until it ends."""
-    code = (
-        "import time\nfrom umx_tune import cores\n"
-        "with cores.reserved(0) as held:\n    print(held, flush=True)\n    time.sleep(600)"
-    )
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == str(cores.machine_cores())
-    yield process
-    process.kill()
-    process.wait()
+    for process, held in sharing_process("with cores.reserved(0) as held"):
+        assert held == str(cores.machine_cores())
+        yield process
 
 
 def test_alone_a_run_uses_every_core(
