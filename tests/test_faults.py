@@ -151,8 +151,10 @@ def test_an_entry_that_cannot_reach_tracking_is_queued_again_and_resumed(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own minutes of retries
     monkeypatch.setattr(retry, "OUTAGE_WAITS", (1,))
     mlflow.set_tracking_uri(proxy.uri)
-    # a trains for 2 epochs: its first is logged while it trains (a last epoch goes with the scores)
-    grid = write_grid(tmp_path / "two.yaml", {"a": {"epochs": 2}, "b": {"epochs": 1}})
+    # a trains for 6 epochs: its first is logged while it trains, and the outage is met while it
+    # trains on (with 2, a fast machine reached the scores, and the excerpt's warning, before the
+    # outage's waits ran out: a last epoch goes with the scores)
+    grid = write_grid(tmp_path / "two.yaml", {"a": {"epochs": 6}, "b": {"epochs": 1}})
     args = ["optimize", "--study-name", "unreachable", "--storage", storage, "--heartbeat-interval", "1"]
     args += ["--checkpoint-dir", str(tmp_path / "checkpoints"), *BASE_ARGS]
 
