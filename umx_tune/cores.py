@@ -82,12 +82,11 @@ def load_per_core() -> float:
 def sharing(threads: int, nb_workers: int, on_wait: Callable[[int], None] | None = None) -> Iterator[Share]:
     """The share of a run asking for `threads` (0 = decide) and `nb_workers` DataLoader workers
     (capped at the share: more loading processes than cores only fight the training), held while the
-    block runs, with this process registered and torch's intra-op threads set to it (restored after);
-    on_wait as reserved's."""
+    block runs (reserved), with torch's intra-op threads set to it (restored after)."""
     import torch
 
     previous = torch.get_num_threads()
-    with registered(), reserved(threads, on_wait) as cores:
+    with reserved(threads, on_wait) as cores:
         torch.set_num_threads(cores)
         try:
             yield Share(threads=cores, loader_workers=min(nb_workers, cores), scoring_workers=cores)
@@ -97,7 +96,8 @@ def sharing(threads: int, nb_workers: int, on_wait: Callable[[int], None] | None
 
 @contextlib.contextmanager
 def reserved(threads: int, on_wait: Callable[[int], None] | None = None) -> Iterator[int]:
-    """The number of cores a run asking for `threads` (0 = decide) may use, held while the block runs.
+    """The number of cores a run asking for `threads` (0 = decide) may use, held while the block runs,
+    with this process registered.
 
     Decided by the default rule, they are taken from the machine's core locks, waiting until enough
     are free (on_wait(cores) is called once if the run has to wait). Re-entrant: inside a block of this
@@ -105,11 +105,11 @@ def reserved(threads: int, on_wait: Callable[[int], None] | None = None) -> Iter
     cores are not held: the run works, it only shares less well.
     """
     global _held
-    given = threads or _env_threads()
-    if given or _held:
-        yield given or _held
-        return
     with registered():
+        given = threads or _env_threads()
+        if given or _held:
+            yield given or _held
+            return
         try:
             count, locks = _take_cores(on_wait)
         except OSError:
