@@ -99,7 +99,8 @@ def test_a_killed_process_frees_its_share(
 @pytest.mark.slow
 def test_a_run_waits_for_a_free_core(tracking_uri: str, core_holder: subprocess.Popen) -> None:
     """Where other runs hold every core, `umx-tune train` says so and waits: it starts training (its
-    params go out once it holds its cores) only when a core is free, here when the holder is killed."""
+    params go out once it holds its cores) only when a core is free, here when the holder is killed;
+    a `train --threads 1` meanwhile runs at once."""
     argv = [str(VENV_BIN / "umx-tune"), "train", "--no-audio", "--no-system-metrics", *TINY_ARGS]
     env = cli_env(MLFLOW_TRACKING_URI=tracking_uri)
     train = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -112,12 +113,17 @@ def test_a_run_waits_for_a_free_core(tracking_uri: str, core_holder: subprocess.
         pytest.fail(f"`umx-tune train` ended ({train.wait()}) without waiting for a core")
     waiting = newest_run()
     assert waiting.info.status == "RUNNING" and "threads" not in waiting.data.params
+    # a share given by hand is taken without waiting, while the other run still waits
+    given = run_cli("train", "--threads", "1", "--no-audio", "--no-system-metrics", *TINY_ARGS, timeout=240)
+    assert given.returncode == 0, given.stderr[-3000:]
+    assert cores.waiting_for(1) not in given.stderr and newest_run().data.params["threads"] == "1"
+    client = mlflow.MlflowClient()
+    assert train.poll() is None and "threads" not in client.get_run(waiting.info.run_id).data.params
     core_holder.kill()  # kill -9: its locks go with it
     _, err = train.communicate(timeout=300)
     assert train.returncode == 0, err[-3000:]
-    run = newest_run()
-    assert run.info.run_id == waiting.info.run_id and run.info.status == "FINISHED"
-    assert run.data.params["threads"] == str(share)
+    run = client.get_run(waiting.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["threads"] == str(share)
 
 
 @pytest.mark.slow
