@@ -203,19 +203,22 @@ def test_three_workers_replay_a_grid_once(
     args = ["--study-name", study, "--grid", grid, "--register-best", f"umx-{study}-best"]
     argv = [str(VENV_BIN / "umx-tune"), "optimize", *args, *race_storage.worker_args, *BASE_ARGS]
     env = cli_env(MLFLOW_TRACKING_URI=tracking_uri, **race_storage.worker_env)
-    workers = [
-        subprocess.Popen(
-            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(3)
-    ]
-    results = [finish(w, timeout=900) for w in workers]
+    results = run_watching_cpu([argv] * 3, tmp_path, env, timeout=900)
     done = trials(study, race_storage.url)
     parent, children = study_runs(study)
     assert parent is not None
-    for code, out, err in results:  # every worker joined the one study
-        assert code == 0, err[-3000:]
-        assert f"study {study} (grid {grid}, " in out and f"parent run: {parent.info.run_id}" in out
+    joined = [r for r in results if f"study {study} (grid {grid}, " in r.out]
+    for result in results:
+        assert result.code == 0, result.err[-3000:]
+    for result in joined:
+        assert f"parent run: {parent.info.run_id}" in result.out
+    # a worker that finds every core held by its study's workers waits before its imports (torch,
+    # MLflow: seconds of CPU) and ends when the study has nothing left: on 2 cores, the third
+    standing_by = [r for r in results if r not in joined]
+    assert len(standing_by) == max(0, 3 - cores.machine_cores() // max(1, cores.machine_cores() // 3))
+    for result in standing_by:
+        assert result.out.startswith(f"study {study}: this worker ran trials: none (stopped: done"), result
+        assert result.cpu_seconds < 2.0, result
     assert [t.state for t in done] == [TrialState.COMPLETE] * 6
     assert [t.user_attrs[GRID_ENTRY_ATTR] for t in done] == list(RACE_GRID)  # enqueued once, in order
     assert parent.info.status == "FINISHED"
@@ -227,6 +230,41 @@ def test_three_workers_replay_a_grid_once(
     check_cores_shared(children, workers=3)
     check_study_summary(parent, children, f"umx-{study}-best")
     check_study_description(parent, children)
+
+
+@dataclass
+class Finished:
+    """A finished process: its exit status, output, and the CPU seconds it had used when last seen."""
+
+    code: int
+    out: str
+    err: str
+    cpu_seconds: float
+
+
+def run_watching_cpu(
+    argvs: list[list[str]], cwd: Path, env: dict[str, str], timeout: float
+) -> list[Finished]:
+    """Run the commands at once to their end, reading each one's CPU time (user + system, from
+    /proc) every 0.2 s while it runs."""
+    logs = [(cwd / f"process{i}.out", cwd / f"process{i}.err") for i in range(len(argvs))]
+    processes = [
+        subprocess.Popen(argv, cwd=cwd, env=env, stdout=out.open("w"), stderr=err.open("w"), text=True)
+        for argv, (out, err) in zip(argvs, logs, strict=True)
+    ]
+    cpu = [0.0] * len(processes)
+    ends = time.monotonic() + timeout
+    while any(p.poll() is None for p in processes):
+        assert time.monotonic() < ends, "the processes did not end in time"
+        for i, process in enumerate(processes):
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu[i] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        time.sleep(0.2)
+    return [
+        Finished(p.returncode, out.read_text(), err.read_text(), seconds)
+        for p, (out, err), seconds in zip(processes, logs, cpu, strict=True)
+    ]
 
 
 def check_grid_trial_run(run: Run, parent_run_id: str) -> None:

@@ -13,17 +13,25 @@ Spark tasks cannot see each other's registrations), or cores // live registered 
 
 A share decided by that last rule is also *held*: one lock file per core, taken for the run and freed
 when it ends (or its process dies). With more processes than cores, a run waits for a free core
-instead of training beside the others on too few. A study worker takes its cores before it claims a
-trial (search/worker.py), so a waiting worker holds no trial. Cores are taken all at once or not at
-all (no run holds some while it waits for more), and a core whose holder is stopped (Ctrl-Z,
-SIGSTOP) counts as free, so a suspended run stalls nobody. A share that was given (`--threads`, the
-environment) is taken as it is, without waiting.
+instead of training beside the others on too few. Cores are taken all at once or not at all (no run
+holds some while it waits for more), and a core whose holder is stopped (Ctrl-Z, SIGSTOP) counts as
+free, so a suspended run stalls nobody. A share that was given (`--threads`, the environment) is
+taken as it is, without waiting.
+
+A study worker (`optimize`) *keeps* its cores from its start to its end (kept): it takes one core
+before its heavy imports (torch, MLflow: about 6 s of CPU), so a worker that finds every core held
+waits there at no cost; at each trial it resizes them to the share (rebalance), and it gives them up
+for a moment to a run that waits and is not a worker of its study (a `train`, an `evaluate`,
+another study's worker). A worker of its own study that waits is not let in: it would only pay its
+start on cores that train. When a worker finds its study has nothing left, it leaves a mark, and a
+worker of that study still waiting ends at once (finish_group).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import math
 import os
 import socket
@@ -39,8 +47,13 @@ from umx_tune.paths import cache_root
 
 THREADS_ENV = "UMX_TUNE_THREADS"
 CORE_POLL = 0.1  # seconds between looks for a free core of a run waiting for one
+STEP_ASIDE = 1.0  # seconds at most a kept worker leaves its cores free for a waiting run to take
 
-_held = 0  # cores this process holds now (reserved): a run inside a worker's reservation uses them
+# the cores this process holds now (a run inside a holding block uses them): the open lock files of
+# those it locked, and the names of those it borrowed from a stopped holder (counted, not locked)
+_locks: list[IO[str]] = []
+_borrowed: list[str] = []
+_group = ""  # the study a worker that keeps its cores works for ("" for any other run)
 
 
 @dataclass(frozen=True)
@@ -104,23 +117,106 @@ def reserved(threads: int, on_wait: Callable[[int], None] | None = None) -> Iter
     process that holds cores, those cores. Where the locks cannot be written (a read-only cache) the
     cores are not held: the run works, it only shares less well.
     """
-    global _held
     with registered():
-        given = threads or _env_threads()
-        if given or _held:
-            yield given or _held
+        given = threads or _env_threads() or _held()
+        if given:
+            yield given
             return
         try:
-            count, locks = _take_cores(on_wait)
+            _take_cores(_default_share, on_wait)
         except OSError:
             yield _default_share()
             return
-        _held = count
         try:
-            yield count
+            yield _held()
         finally:
-            _held = 0
-            _close(locks)
+            _free(_held())
+
+
+@contextlib.contextmanager
+def kept(
+    threads: int, group: str, on_wait: Callable[[int], None] | None, give_up: Callable[[], bool]
+) -> Iterator[bool]:
+    """A study worker's cores, held from its start to its end, with this process registered: one
+    core taken at once, or after waiting for one (on_wait(1) is called then); rebalance resizes them
+    at each trial. `group` names the worker's study (workers of one group do not give way to each
+    other).
+
+    Yields False, holding nothing, where the worker should not start: while it waited, a worker of
+    its group marked the group finished (finish_group), or give_up() said so. A given share
+    (`threads`, the environment) holds nothing and yields True, as does a read-only cache.
+    """
+    global _group
+    with registered():
+        if threads or _env_threads():
+            yield True
+            return
+        began = time.time()
+        try:
+            taken = _take_cores(lambda: 1, on_wait, lambda: give_up() or _finished_since(group, began), group)
+        except OSError:
+            yield True
+            return
+        if not taken:
+            yield False
+            return
+        _group = group
+        try:
+            yield True
+        finally:
+            _group = ""
+            _free(_held())
+
+
+def rebalance(on_wait: Callable[[int], None] | None = None) -> None:
+    """At a kept worker's trial (before it claims one): where a run that is not a worker of its
+    group waits for a core, all its cores are freed, left free for that run to take (STEP_ASIDE at
+    most), and the share taken again (waiting as any run does); otherwise its cores are resized to
+    the default share (those above it freed, free ones taken up to it). Nothing outside kept."""
+    if not _group:
+        return
+    if _others_waiting():
+        _free(_held())
+        deadline = time.monotonic() + STEP_ASIDE
+        while _others_waiting() and time.monotonic() < deadline:
+            time.sleep(CORE_POLL)
+        _take_cores(_default_share, on_wait, group=_group)
+        return
+    share = _default_share()
+    if _held() > share:
+        _free(_held() - share)
+    elif _held() < share:
+        _look(share)
+
+
+def finish_group() -> None:
+    """A kept worker found its study with nothing left to run: the workers of its group still waiting
+    for a core end (kept yields False to them)."""
+    if not _group:
+        return
+    with contextlib.suppress(OSError):
+        path = _finished_mark(_group)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_group)
+
+
+def group_of(*parts: str) -> str:
+    """A group name for a study worker: the same parts (its study, its storage, its folder), the same
+    group."""
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _finished_mark(group: str) -> Path:
+    return _registry() / "finished" / group
+
+
+def _finished_since(group: str, began: float) -> bool:
+    """Whether a worker of the group marked it finished at or after `began` (a time.time() value): an
+    older mark is of an earlier run of the study, which may have been given work since."""
+    try:
+        return _finished_mark(group).stat().st_mtime >= began
+    except OSError:
+        return False
 
 
 def _default_share() -> int:
@@ -133,51 +229,122 @@ def waiting_for(wanted: int) -> str:
     return f"waiting for {wanted} free core(s) of {machine_cores()}: other umx-tune runs hold them"
 
 
-def print_waiting(wanted: int) -> None:
-    """reserved's on_wait for a command that shows its progress: the line on stderr."""
-    print(waiting_for(wanted), file=sys.stderr)
+def print_waiting(wanted: int, study: str | None = None) -> None:
+    """reserved's on_wait for a command that shows its progress: the line on stderr (a study
+    worker's begins with the study's name)."""
+    print(f"{study}: {waiting_for(wanted)}" if study else waiting_for(wanted), file=sys.stderr)
 
 
-def _take_cores(on_wait: Callable[[int], None] | None) -> tuple[int, list[IO[str]]]:
-    """The default share's cores, decided again each look (processes come and go), and the open
-    files holding their locks; waits, looking every CORE_POLL seconds, until that many are free.
-
-    All at once or none: a run never holds some cores while it waits for others, so no two runs
-    wait for each other's. A core locked by a stopped process counts as free (it is not locked
-    again: such a core may be shared once its holder resumes).
+def _take_cores(
+    want: Callable[[], int],
+    on_wait: Callable[[int], None] | None,
+    give_up: Callable[[], bool] | None = None,
+    group: str = "",
+) -> bool:
+    """Take want() cores (decided again each look: processes come and go) into this process's
+    holding, waiting, looking every CORE_POLL seconds, until that many are free. While it waits the
+    process is listed as waiting (with its group, for rebalance). False, holding nothing, where
+    give_up() said so before they were free.
     """
+    waiting: Path | None = None
+    try:
+        while True:
+            wanted = want()
+            if _look(wanted):
+                return True
+            if give_up is not None and give_up():
+                return False
+            if waiting is None:
+                waiting = _list_waiting(group)
+                if on_wait is not None:
+                    on_wait(wanted)
+            time.sleep(CORE_POLL)
+    finally:
+        if waiting is not None:
+            waiting.unlink(missing_ok=True)
+
+
+def _look(wanted: int) -> bool:
+    """One look at the core locks: take free ones until this process holds `wanted`, all or none
+    (a run never holds some cores while it waits for others, so no two runs wait for each other's).
+    A core locked by a stopped process counts as free (it is borrowed, not locked: such a core may
+    be shared once its holder resumes)."""
     folder = _registry() / "cores"
     folder.mkdir(parents=True, exist_ok=True)
-    while True:
-        wanted = _default_share()
-        held: list[IO[str]] = []
-        borrowed = 0
+    mine = {Path(lock.name).name for lock in _locks} | set(_borrowed)
+    taken: list[IO[str]] = []
+    borrowed: list[str] = []
+    try:
+        for core in map(str, range(machine_cores())):
+            if _held() + len(taken) + len(borrowed) >= wanted:
+                break
+            if core in mine:
+                continue
+            lock = (folder / core).open("a+")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another run holds this core
+                lock.close()
+                if _held_by_stopped_process(folder / core):
+                    borrowed.append(core)
+                continue
+            taken.append(lock)
+            lock.truncate(0)
+            lock.write(str(os.getpid()))  # who holds it, for a run that finds it locked
+            lock.flush()
+    except BaseException:
+        _close(taken)
+        raise
+    if _held() + len(taken) + len(borrowed) < wanted:
+        _close(taken)
+        return False
+    _locks.extend(taken)
+    _borrowed.extend(borrowed)
+    return True
+
+
+def _held() -> int:
+    """How many cores this process holds now."""
+    return len(_locks) + len(_borrowed)
+
+
+def _free(count: int) -> None:
+    """Give up `count` of the cores this process holds: borrowed ones first (only counted), then
+    locked ones (closing a lock file frees its core)."""
+    unborrowed = min(count, len(_borrowed))
+    del _borrowed[len(_borrowed) - unborrowed :]
+    unlocked = count - unborrowed
+    _close(_locks[len(_locks) - unlocked :])
+    del _locks[len(_locks) - unlocked :]
+
+
+def _list_waiting(group: str) -> Path | None:
+    """List this process as waiting for cores (its start time and group), for the holders that give
+    way to it (rebalance); None where the registry cannot be written."""
+    path = _registry() / "waiting" / str(os.getpid())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{_start_time(os.getpid())}\n{group}")
+    except OSError:
+        return None
+    return path
+
+
+def _others_waiting() -> bool:
+    """Whether a live process that is not a worker of this process's group waits for cores."""
+    folder = _registry() / "waiting"
+    if not folder.is_dir():
+        return False
+    for entry in folder.iterdir():
         try:
-            for core in range(machine_cores()):
-                if len(held) + borrowed == wanted:
-                    break
-                path = folder / str(core)
-                lock = path.open("a+")
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:  # another run holds this core
-                    lock.close()
-                    borrowed += _held_by_stopped_process(path)
-                    continue
-                held.append(lock)
-                lock.truncate(0)
-                lock.write(str(os.getpid()))  # who holds it, for a run that finds it locked
-                lock.flush()
-        except BaseException:
-            _close(held)
-            raise
-        if len(held) + borrowed == wanted:
-            return wanted, held
-        _close(held)
-        if on_wait is not None:
-            on_wait(wanted)
-            on_wait = None
-        time.sleep(CORE_POLL)
+            start, group = entry.read_text().split("\n", 1)
+        except (OSError, ValueError):  # no longer waiting, or being written
+            continue
+        if _start_time(int(entry.name)) != start:  # ended while it waited (kill -9)
+            entry.unlink(missing_ok=True)
+        elif group != _group:
+            return True
+    return False
 
 
 def _close(locks: list[IO[str]]) -> None:

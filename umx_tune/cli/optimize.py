@@ -7,7 +7,10 @@ passes each of its parameters on every call ("" where the user gave none).
 from __future__ import annotations
 
 import datetime
+import functools
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +134,6 @@ def optimize(**kwargs: Any) -> None:
     `umx-tune optimize --study-name NAME` alone resumes it. Every `train` option sets the base
     config that grid or space values override.
     """
-    from umx_tune.search import driver
-
     given = pop_config_values(kwargs)
     if kwargs["check"] or kwargs["repair"]:
         _audit(kwargs)
@@ -142,22 +143,60 @@ def optimize(**kwargs: Any) -> None:
     if _show(kwargs, base):
         return
     request = _request(kwargs, given, base)
-    options = driver.RunOptions(
+    if kwargs["backend"] == "spark":  # its tasks are the workers; their shares are given (spark.py)
+        from umx_tune.search.spark import run_on_spark
+
+        run_on_spark(
+            request, _run_options(kwargs, kwargs["timeout"]), kwargs["spark_master"], kwargs["spark_workers"]
+        )
+        return
+    _work(request, kwargs, base.threads)
+
+
+def _work(request: Request, kwargs: dict[str, Any], threads: int) -> None:
+    """This process as one worker of the study, on cores it keeps (umx_tune/cores.py): where its
+    study's other workers hold every core, it waits before it imports torch and MLflow, and ends
+    without a trial if the study has nothing left by then. --timeout counts from here, the wait
+    included."""
+    started, timeout = time.monotonic(), kwargs["timeout"]
+
+    def past_timeout() -> bool:
+        return timeout is not None and time.monotonic() - started >= timeout
+
+    group = cores.group_of(request.identity(), kwargs["storage"] or "", *_environment())
+    on_wait = None if kwargs["quiet"] else functools.partial(cores.print_waiting, study=request.study_name)
+    with cores.kept(threads, group, on_wait, past_timeout) as starts:
+        if not starts:
+            why = "timeout" if past_timeout() else "done: its other workers here ran every trial"
+            print(f"study {request.study_name}: this worker ran trials: none (stopped: {why})")
+            return
+        from umx_tune.search import driver  # the heavy imports, on a core of its own
+
+        left = None if timeout is None else timeout - (time.monotonic() - started)
+        driver.print_outcome(driver.optimize(request, _run_options(kwargs, left)))
+
+
+def _environment() -> list[str]:
+    """What else tells which study and storage a worker means: its folder (relative paths) and the
+    MLflow and umx-tune variables (the tracking URI, the storage)."""
+    names = sorted(n for n in os.environ if n.startswith(("MLFLOW_", "UMX_TUNE_")))
+    return [os.getcwd(), *(f"{n}={os.environ[n]}" for n in names)]
+
+
+def _run_options(kwargs: dict[str, Any], timeout: float | None) -> Any:
+    """This worker's driver.RunOptions, with the seconds of --timeout it has left."""
+    from umx_tune.search import driver
+
+    return driver.RunOptions(
         storage_url=kwargs["storage"],
         heartbeat_interval=kwargs["heartbeat_interval"],
-        timeout=kwargs["timeout"],
+        timeout=timeout,
         sampler_seed=kwargs["sampler_seed"],
         pruner_startup_trials=kwargs["pruner_startup_trials"],
         register_best=kwargs["register_best"],
         checkpoint_root=kwargs["checkpoint_dir"],
         progress=not kwargs["quiet"],
     )
-    if kwargs["backend"] == "spark":
-        from umx_tune.search.spark import run_on_spark
-
-        run_on_spark(request, options, kwargs["spark_master"], kwargs["spark_workers"])
-        return
-    driver.print_outcome(driver.optimize(request, options))
 
 
 def _audit(kwargs: dict[str, Any]) -> None:

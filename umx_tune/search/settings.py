@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from umx_tune.config import TrainConfig, coerce, param_fields
@@ -88,6 +88,23 @@ class Request:
     experiment: str | None
     replicates: int | None = None
     confirm_best: int | None = None
+
+    def identity(self) -> str:
+        """What this request asks of its study, without the options a worker sets for itself: two
+        workers with the same identity run the same study the same way."""
+        return json.dumps(
+            {
+                **{
+                    f.name: getattr(self, f.name)
+                    for f in fields(self)
+                    if f.name not in ("plan", "base_values")
+                },
+                "plan": self.plan.to_json() if self.plan is not None else None,
+                "base": {k: v for k, v in self.base_values.items() if k not in PER_WORKER},
+            },
+            sort_keys=True,
+            default=str,
+        )
 
     def new_settings(self, default_objective: str) -> StudySettings:
         """The settings of a study this request creates."""

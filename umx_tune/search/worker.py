@@ -92,9 +92,13 @@ def _next_trial(
     """Claim and run the next queued trial (or wait for one); True when the study has none left.
 
     The trial's cores are taken before the claim (umx_tune/cores.py): a worker waiting for a free
-    core holds no trial that another worker could run, and one past its deadline claims none."""
+    core holds no trial that another worker could run, and one past its deadline claims none. A
+    worker that keeps its cores (`optimize`) resizes them to the share first, or gives them up for a
+    moment to another run that waits for one."""
     fail_stale_trials(study)
-    with cores.reserved(ctx.settings.base.threads, partial(_waiting, ctx, options)):
+    on_wait = partial(_waiting, ctx, options)
+    cores.rebalance(on_wait)
+    with cores.reserved(ctx.settings.base.threads, on_wait):
         if deadline is not None and time.monotonic() >= deadline:
             return False  # the loop stops it
         trial = claim(ctx, study)
@@ -110,6 +114,7 @@ def _next_trial(
         study.enqueue_trial({})
         return False
     if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        cores.finish_group()  # a worker of this study that waits for a core need not start
         return True
     time.sleep(min(poll, IDLE_POLL))  # a trial failed elsewhere is queued again: run it soon
     return False
@@ -118,7 +123,7 @@ def _next_trial(
 def _waiting(ctx: StudyContext, options: TrialOptions, wanted: int) -> None:
     """The progress line of a worker that waits for free cores before its next trial."""
     if options.progress:
-        print(f"{ctx.settings.name}: {cores.waiting_for(wanted)}", file=sys.stderr)
+        cores.print_waiting(wanted, ctx.settings.name)
 
 
 def claim(ctx: StudyContext, study: optuna.Study) -> optuna.Trial | None:
