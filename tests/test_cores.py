@@ -172,3 +172,30 @@ def test_a_bad_thread_environment_is_one_line(
         f"attributes.status = 'RUNNING' and attributes.start_time > {int(started * 1000)}",
     )
     assert not running
+
+
+def test_a_worker_that_finds_every_core_held_waits_before_it_starts(
+    tracking_uri: str, core_holder: subprocess.Popen, tmp_path: Path
+) -> None:
+    """`umx-tune optimize` that finds every core held says so and waits before anything starts (no
+    storage, no study, no run), and past its --timeout ends without a trial."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("entries:\n  h16: {hidden_size: 16}\n")
+    storage = tmp_path / "optuna.db"
+    began = time.monotonic()
+    args = [
+        "--grid",
+        str(grid),
+        "--study-name",
+        "held",
+        "--timeout",
+        "3",
+        "--storage",
+        f"sqlite:///{storage}",
+    ]
+    result = run_cli("optimize", *args, *TINY_ARGS, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - began >= 3
+    assert f"held: {cores.waiting_for(1)}" in result.stderr
+    assert result.stdout == "study held: this worker ran trials: none (stopped: timeout)\n"
+    assert not storage.exists()

@@ -29,6 +29,7 @@ from conftest import (
     assert_one_line_error,
     cli_env,
     free_port,
+    run_cli,
     run_main,
 )
 from deployment import OPTUNA_DB_PASSWORD
@@ -265,6 +266,55 @@ def run_watching_cpu(
         Finished(p.returncode, out.read_text(), err.read_text(), seconds)
         for p, (out, err), seconds in zip(processes, logs, cpu, strict=True)
     ]
+
+
+@pytest.mark.slow
+def test_study_workers_give_a_waiting_train_a_core(tracking_uri: str, tmp_path: Path) -> None:
+    """Workers keep their cores from trial to trial, but not from another run: a `umx-tune train`
+    started while a study's workers hold every core (on 2 cores, 2 workers) waits only until a
+    worker's next trial, and trains while the study goes on."""
+    grid = write_grid(tmp_path / "grid.yaml", {f"h{h}": {"hidden_size": h} for h in range(8, 40, 4)})
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study, workers = "give-way", cores.machine_cores()
+    argv = [
+        str(VENV_BIN / "umx-tune"),
+        "optimize",
+        "--study-name",
+        study,
+        "--grid",
+        grid,
+        "--storage",
+        storage,
+    ]
+    env = cli_env(MLFLOW_TRACKING_URI=tracking_uri)
+    optimizers = [subprocess.Popen([*argv, *BASE_ARGS], cwd=tmp_path, env=env) for _ in range(workers)]
+    wait_for(
+        lambda: (
+            (tmp_path / "optuna.db").exists()
+            and sum(t.state == TrialState.RUNNING for t in trials(study, storage)) == workers
+        ),
+        timeout=240,
+        what=f"{workers} trials running",
+    )
+    began = int(time.time() * 1000)
+    train = run_cli("train", "--no-audio", "--no-system-metrics", *TINY_ARGS, timeout=600, cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    for optimizer in optimizers:
+        assert optimizer.wait(timeout=600) == 0
+    if workers < 3:  # its share is a core, and every core was held
+        assert cores.waiting_for(1) in train.stderr
+    client = MlflowClient()
+    _, children = study_runs(study)
+    trained = next(
+        run
+        for run in client.search_runs([children[0].info.experiment_id])
+        if tracking.TAG_STUDY not in run.data.tags and run.info.start_time >= began
+    )
+    assert trained.data.params["threads"] == str(max(1, cores.machine_cores() // (workers + 1)))
+    first_epoch = min(
+        m.timestamp for m in client.get_metric_history(trained.info.run_id, tracking.TRAIN_LOSS)
+    )
+    assert first_epoch < max(run.info.end_time for run in children)  # not after the study's end
 
 
 def check_grid_trial_run(run: Run, parent_run_id: str) -> None:
