@@ -244,16 +244,17 @@ def _take_cores(
     """Take want() cores (decided again each look: processes come and go) into this process's
     holding, waiting, looking every CORE_POLL seconds, until that many are free. While it waits the
     process is listed as waiting (with its group, for rebalance). False, holding nothing, where
-    give_up() said so before they were free.
+    give_up() says so (asked before each look).
     """
     waiting: Path | None = None
     try:
         while True:
+            # before the look: a worker that finds its study done marks it, then frees its core
+            if give_up is not None and give_up():
+                return False
             wanted = want()
             if _look(wanted):
                 return True
-            if give_up is not None and give_up():
-                return False
             if waiting is None:
                 waiting = _list_waiting(group)
                 if on_wait is not None:
