@@ -276,26 +276,13 @@ def test_study_workers_give_a_waiting_train_a_core(tracking_uri: str, tmp_path: 
     grid = write_grid(tmp_path / "grid.yaml", {f"h{h}": {"hidden_size": h} for h in range(8, 40, 4)})
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study, workers = "give-way", cores.machine_cores()
-    argv = [
-        str(VENV_BIN / "umx-tune"),
-        "optimize",
-        "--study-name",
-        study,
-        "--grid",
-        grid,
-        "--storage",
-        storage,
-    ]
+    args = ["--study-name", study, "--grid", grid, "--storage", storage, *BASE_ARGS]
     env = cli_env(MLFLOW_TRACKING_URI=tracking_uri)
-    optimizers = [subprocess.Popen([*argv, *BASE_ARGS], cwd=tmp_path, env=env) for _ in range(workers)]
-    wait_for(
-        lambda: (
-            (tmp_path / "optuna.db").exists()
-            and sum(t.state == TrialState.RUNNING for t in trials(study, storage)) == workers
-        ),
-        timeout=240,
-        what=f"{workers} trials running",
-    )
+    optimizers = [
+        subprocess.Popen([str(VENV_BIN / "umx-tune"), "optimize", *args], cwd=tmp_path, env=env)
+        for _ in range(workers)
+    ]
+    wait_for(lambda: running(study, storage) == workers, timeout=240, what=f"{workers} trials running")
     began = int(time.time() * 1000)
     train = run_cli("train", "--no-audio", "--no-system-metrics", *TINY_ARGS, timeout=600, cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
@@ -315,6 +302,14 @@ def test_study_workers_give_a_waiting_train_a_core(tracking_uri: str, tmp_path: 
         m.timestamp for m in client.get_metric_history(trained.info.run_id, tracking.TRAIN_LOSS)
     )
     assert first_epoch < max(run.info.end_time for run in children)  # not after the study's end
+
+
+def running(study: str, storage: str) -> int:
+    """How many of the study's trials run (0 while the storage or the study is not made yet)."""
+    try:
+        return sum(t.state == TrialState.RUNNING for t in trials(study, storage))
+    except KeyError:  # Optuna: no such study
+        return 0
 
 
 def check_grid_trial_run(run: Run, parent_run_id: str) -> None:

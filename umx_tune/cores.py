@@ -244,22 +244,24 @@ def _take_cores(
     """Take want() cores (decided again each look: processes come and go) into this process's
     holding, waiting, looking every CORE_POLL seconds, until that many are free. While it waits the
     process is listed as waiting (with its group, for rebalance). False, holding nothing, where
-    give_up() says so (asked before each look).
+    give_up() says so (asked before each look after the first: a run that finds its cores free
+    starts, however short its time).
     """
     waiting: Path | None = None
     try:
+        wanted = want()
+        if _look(wanted):
+            return True
+        waiting = _list_waiting(group)
+        if on_wait is not None:
+            on_wait(wanted)
         while True:
+            time.sleep(CORE_POLL)
             # before the look: a worker that finds its study done marks it, then frees its core
             if give_up is not None and give_up():
                 return False
-            wanted = want()
-            if _look(wanted):
+            if _look(want()):
                 return True
-            if waiting is None:
-                waiting = _list_waiting(group)
-                if on_wait is not None:
-                    on_wait(wanted)
-            time.sleep(CORE_POLL)
     finally:
         if waiting is not None:
             waiting.unlink(missing_ok=True)
