@@ -145,6 +145,9 @@ def kept(
     Yields False, holding nothing, where the worker should not start: while it waited, a worker of
     its group marked the group finished (finish_group), or give_up() said so. A given share
     (`threads`, the environment) holds nothing and yields True, as does a read-only cache.
+
+    While it waits to start, it lets any other run that waits (not another worker waiting to start)
+    take a free core first: it would only pay its start on a core that run needs.
     """
     global _group
     with registered():
@@ -152,52 +155,56 @@ def kept(
             yield True
             return
         began = time.time()
-        try:
-            taken = _take_cores(lambda: 1, on_wait, lambda: give_up() or _finished_since(group, began), group)
-        except OSError:
-            yield True
-            return
-        if not taken:
-            yield False
-            return
         _group = group
         try:
-            yield True
+            try:
+                taken = _take_cores(
+                    lambda: 1, on_wait, lambda: give_up() or _finished_since(began), standby=True
+                )
+            except OSError:
+                taken = True
+            yield taken
         finally:
             _group = ""
             _free(_held())
 
 
-def rebalance(on_wait: Callable[[int], None] | None = None) -> None:
+def rebalance(on_wait: Callable[[int], None] | None, give_up: Callable[[], bool]) -> bool:
     """At a kept worker's trial (before it claims one): where a run that is not a worker of its
     group waits for a core, all its cores are freed, left free for that run to take (STEP_ASIDE at
-    most), and the share taken again (waiting as any run does); otherwise its cores are resized to
-    the default share (those above it freed, free ones taken up to it). Nothing outside kept."""
+    most), and the share taken again, waiting as any run does; otherwise its cores are resized to
+    the default share (those above it freed, free ones taken up to it). Cores borrowed from a
+    stopped holder are given back first (borrowed again if it is still stopped).
+
+    False, holding nothing, where the wait ended because give_up() said so or a worker of its group
+    marked it finished meanwhile; True otherwise, and outside kept (nothing done)."""
     if not _group:
-        return
+        return True
+    _borrowed.clear()
     if _others_waiting():
         _free(_held())
+        began = time.time()
         deadline = time.monotonic() + STEP_ASIDE
         while _others_waiting() and time.monotonic() < deadline:
             time.sleep(CORE_POLL)
-        _take_cores(_default_share, on_wait, group=_group)
-        return
+        return _take_cores(_default_share, on_wait, lambda: give_up() or _finished_since(began))
     share = _default_share()
     if _held() > share:
         _free(_held() - share)
-    elif _held() < share:
-        _look(share)
+    elif _held() < share and not _look(share) and not _held():
+        return _take_cores(_default_share, on_wait, give_up)
+    return True
 
 
 def finish_group() -> None:
-    """A kept worker found its study with nothing left to run: the workers of its group still waiting
-    for a core end (kept yields False to them)."""
+    """A kept worker ends: its study has nothing left for it. The workers of its group waiting for a
+    core then end too (kept and rebalance give up)."""
     if not _group:
         return
     with contextlib.suppress(OSError):
         path = _finished_mark(_group)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(_group)
+        path.write_text(repr(time.time()))
 
 
 def group_of(*parts: str) -> str:
@@ -210,12 +217,13 @@ def _finished_mark(group: str) -> Path:
     return _registry() / "finished" / group
 
 
-def _finished_since(group: str, began: float) -> bool:
-    """Whether a worker of the group marked it finished at or after `began` (a time.time() value): an
-    older mark is of an earlier run of the study, which may have been given work since."""
+def _finished_since(began: float) -> bool:
+    """Whether a worker of this process's group marked it finished at or after `began` (a
+    time.time() value): an older mark is of an earlier run of the study, which may have been given
+    work since."""
     try:
-        return _finished_mark(group).stat().st_mtime >= began
-    except OSError:
+        return float(_finished_mark(_group).read_text()) >= began
+    except (OSError, ValueError):  # no mark, or one being written
         return False
 
 
@@ -239,20 +247,21 @@ def _take_cores(
     want: Callable[[], int],
     on_wait: Callable[[int], None] | None,
     give_up: Callable[[], bool] | None = None,
-    group: str = "",
+    standby: bool = False,
 ) -> bool:
     """Take want() cores (decided again each look: processes come and go) into this process's
     holding, waiting, looking every CORE_POLL seconds, until that many are free. While it waits the
     process is listed as waiting (with its group, for rebalance). False, holding nothing, where
     give_up() says so (asked before each look after the first: a run that finds its cores free
-    starts, however short its time).
+    starts, however short its time). A `standby` wait (a worker's start) does not look while
+    another group's run waits that is not itself waiting to start.
     """
     waiting: Path | None = None
     try:
         wanted = want()
-        if _look(wanted):
+        if not (standby and _others_waiting(standbys=False)) and _look(wanted):
             return True
-        waiting = _list_waiting(group)
+        waiting = _list_waiting(standby)
         if on_wait is not None:
             on_wait(wanted)
         while True:
@@ -260,7 +269,7 @@ def _take_cores(
             # before the look: a worker that finds its study done marks it, then frees its core
             if give_up is not None and give_up():
                 return False
-            if _look(want()):
+            if not (standby and _others_waiting(standbys=False)) and _look(want()):
                 return True
     finally:
         if waiting is not None:
@@ -321,31 +330,35 @@ def _free(count: int) -> None:
     del _locks[len(_locks) - unlocked :]
 
 
-def _list_waiting(group: str) -> Path | None:
-    """List this process as waiting for cores (its start time and group), for the holders that give
-    way to it (rebalance); None where the registry cannot be written."""
+STANDBY = "standby"  # a waiting worker's kind: waiting to start (kept), not to run
+
+
+def _list_waiting(standby: bool) -> Path | None:
+    """List this process as waiting for cores (its start time, group and kind), for the holders that
+    give way to it (rebalance); None where the registry cannot be written."""
     path = _registry() / "waiting" / str(os.getpid())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"{_start_time(os.getpid())}\n{group}")
+        path.write_text(f"{_start_time(os.getpid())}\n{_group}\n{STANDBY if standby else 'run'}")
     except OSError:
         return None
     return path
 
 
-def _others_waiting() -> bool:
-    """Whether a live process that is not a worker of this process's group waits for cores."""
+def _others_waiting(standbys: bool = True) -> bool:
+    """Whether a live process that is not a worker of this process's group waits for cores (one
+    waiting to start counts only with `standbys`; a stopped one never: it would take no core)."""
     folder = _registry() / "waiting"
     if not folder.is_dir():
         return False
     for entry in folder.iterdir():
         try:
-            start, group = entry.read_text().split("\n", 1)
+            start, group, kind = entry.read_text().split("\n")
         except (OSError, ValueError):  # no longer waiting, or being written
             continue
         if _start_time(int(entry.name)) != start:  # ended while it waited (kill -9)
             entry.unlink(missing_ok=True)
-        elif group != _group:
+        elif group != _group and (standbys or kind != STANDBY) and not _stopped(int(entry.name)):
             return True
     return False
 
@@ -357,11 +370,19 @@ def _close(locks: list[IO[str]]) -> None:
 
 
 def _held_by_stopped_process(path: Path) -> bool:
-    """Whether the core lock at path is held by a stopped process (state T or t: Ctrl-Z, SIGSTOP,
-    a debugger), which may never run again to free it."""
+    """Whether the core lock at path is held by a stopped process, which may never run again to
+    free it."""
     try:
-        stat = Path(f"/proc/{int(path.read_text())}/stat").read_text()
-    except (OSError, ValueError):  # no pid written yet, or the holder has just ended
+        return _stopped(int(path.read_text()))
+    except ValueError:  # no pid written yet
+        return False
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (state T or t: Ctrl-Z, SIGSTOP, a debugger); False if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
 

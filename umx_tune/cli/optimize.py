@@ -22,6 +22,7 @@ from umx_tune.config import TrainConfig
 from umx_tune.errors import ConfigError
 from umx_tune.search import choices, objectives, plans, show
 from umx_tune.search.settings import Request
+from umx_tune.tracking import TRACKING_URI_ENV
 
 
 class Blankable(click.ParamType):
@@ -177,9 +178,10 @@ def _work(request: Request, kwargs: dict[str, Any], threads: int) -> None:
 
 
 def _environment() -> list[str]:
-    """What else tells which study and storage a worker means: its folder (relative paths) and the
-    MLflow and umx-tune variables (the tracking URI, the storage)."""
-    names = sorted(n for n in os.environ if n.startswith(("MLFLOW_", "UMX_TUNE_")))
+    """What else tells which study and storage a worker means: its folder (relative paths), the
+    tracking URI and the umx-tune variables (the storage among them); not MLflow's others:
+    `mlflow run` gives each worker its own MLFLOW_RUN_ID."""
+    names = sorted(n for n in os.environ if n.startswith("UMX_TUNE_") or n == TRACKING_URI_ENV)
     return [os.getcwd(), *(f"{n}={os.environ[n]}" for n in names)]
 
 

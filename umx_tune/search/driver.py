@@ -94,6 +94,8 @@ def _optimize(request: Request, options: RunOptions) -> Outcome:
             waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
             mirror.end_parent(ctx.parent_run_id, "KILLED", f"{interruption(stop)}; {waiting} trials queued")
         raise
+    if report.stopped_by == "done":  # a worker of the study waiting for a core here need not start
+        cores.finish_group()
     outcome = Outcome(ctx, report, best=None, concluded=False)
     for attempt in range(worker.STORAGE_FAULT_TRIES):
         try:

@@ -23,6 +23,7 @@ from typing import Any
 from umx_tune import cores
 from umx_tune.errors import ConfigError, UmxTuneError, first_line
 from umx_tune.search.settings import Request
+from umx_tune.tracking import TRACKING_URI_ENV
 from umx_tune.tracking.server import check_server, tracking_uri
 
 # the environment a task needs to reach the tracking server and umx-tune's cache
@@ -64,7 +65,7 @@ def run_on_spark(request: Request, options: Any, master: str | None, workers: in
         options, storage_url=storage_url, checkpoint_root=options.checkpoint_root.resolve()
     )
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    env["MLFLOW_TRACKING_URI"] = uri
+    env[TRACKING_URI_ENV] = uri
     if master.startswith("local") and cores.THREADS_ENV not in env:
         # Spark's tasks cannot count each other: each gets its share of this machine's cores
         env[cores.THREADS_ENV] = str(max(1, cores.machine_cores() // workers))
@@ -107,7 +108,7 @@ class _Task:
         os.environ.update(self.env)
         os.environ.pop("MLFLOW_RUN_ID", None)  # a task never adopts the driver's project run
         # a reused Python worker may have run another task already: point MLflow here again
-        mlflow.set_tracking_uri(self.env["MLFLOW_TRACKING_URI"])
+        mlflow.set_tracking_uri(self.env[TRACKING_URI_ENV])
         out = io.StringIO()
         try:
             with redirect_stdout(out):

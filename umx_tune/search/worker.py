@@ -97,24 +97,30 @@ def _next_trial(
     moment to another run that waits for one."""
     fail_stale_trials(study)
     on_wait = partial(_waiting, ctx, options)
-    cores.rebalance(on_wait)
-    with cores.reserved(ctx.settings.base.threads, on_wait):
-        if deadline is not None and time.monotonic() >= deadline:
-            return False  # the loop stops it
-        trial = claim(ctx, study)
-        if trial is not None:
-            try:
-                report.ran[trial.number] = run_claimed(ctx, study, trial, options)
-            except KeyboardInterrupt:
-                report.ran[trial.number] = TrialState.FAIL.name
-                report.stopped_by = "interrupted"
-                raise
-            return False
+
+    def past_deadline() -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+    holding = cores.rebalance(on_wait, past_deadline)  # False: its study's other workers ended it
+    if past_deadline():
+        return False  # the loop stops it
+    if holding:
+        with cores.reserved(ctx.settings.base.threads, on_wait):
+            if past_deadline():
+                return False
+            trial = claim(ctx, study)
+            if trial is not None:
+                try:
+                    report.ran[trial.number] = run_claimed(ctx, study, trial, options)
+                except KeyboardInterrupt:
+                    report.ran[trial.number] = TrialState.FAIL.name
+                    report.stopped_by = "interrupted"
+                    raise
+                return False
     if ctx.settings.budget is None:  # open-ended search: queue one more ticket
         study.enqueue_trial({})
         return False
     if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        cores.finish_group()  # a worker of this study that waits for a core need not start
         return True
     time.sleep(min(poll, IDLE_POLL))  # a trial failed elsewhere is queued again: run it soon
     return False
@@ -130,6 +136,9 @@ def claim(ctx: StudyContext, study: optuna.Study) -> optuna.Trial | None:
     """Atomically take the first WAITING trial (None if there is none)."""
     # listed through the study, so that Optuna's trial cache knows the trial we then claim
     for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        # a beat before the claim: a claim whose answer a storage fault lost leaves the trial RUNNING
+        # with no worker, and Optuna's stale check passes over a trial that never beat
+        _beat(ctx.storage, waiting._trial_id)
         try:
             if ctx.storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
                 return optuna.Trial(study, waiting._trial_id)
@@ -277,10 +286,21 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def _beat(storage: BaseStorage, trial_id: int) -> None:
+    """One heartbeat of the trial, where the storage keeps them."""
+    if _interval(storage) is not None:
+        storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+
+
+def _interval(storage: BaseStorage) -> int | None:
+    """The storage's heartbeat interval in seconds (None: it keeps no heartbeats)."""
+    return getattr(storage, "get_heartbeat_interval", lambda: None)()
+
+
 @contextmanager
 def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     """Record the trial's heartbeat every interval from a thread while the block runs."""
-    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    interval = _interval(storage)
     if interval is None:
         yield
         return

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from umx_tune.separation.speed import Measurement
 
 DEFAULT_EXPERIMENT = "umx-tune"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's variable: the tracking server a process uses
 
 # metric names
 TRAIN_LOSS = "train_loss"
