@@ -154,13 +154,10 @@ def kept(
         if threads or _env_threads():
             yield True
             return
-        began = time.time()
         _group = group
         try:
             try:
-                taken = _take_cores(
-                    lambda: 1, on_wait, lambda: give_up() or _finished_since(began), standby=True
-                )
+                taken = _take_cores(lambda: 1, on_wait, give_up, standby=True)
             except OSError:
                 taken = True
             yield taken
@@ -183,11 +180,10 @@ def rebalance(on_wait: Callable[[int], None] | None, give_up: Callable[[], bool]
     _borrowed.clear()
     if _others_waiting():
         _free(_held())
-        began = time.time()
         deadline = time.monotonic() + STEP_ASIDE
         while _others_waiting() and time.monotonic() < deadline:
             time.sleep(CORE_POLL)
-        return _take_cores(_default_share, on_wait, lambda: give_up() or _finished_since(began))
+        return _take_cores(_default_share, on_wait, give_up)
     share = _default_share()
     if _held() > share:
         _free(_held() - share)
@@ -252,25 +248,27 @@ def _take_cores(
     """Take want() cores (decided again each look: processes come and go) into this process's
     holding, waiting, looking every CORE_POLL seconds, until that many are free. While it waits the
     process is listed as waiting (with its group, for rebalance). False, holding nothing, where
-    give_up() says so (asked before each look after the first: a run that finds its cores free
-    starts, however short its time). A `standby` wait (a worker's start) does not look while
-    another group's run waits that is not itself waiting to start.
+    give_up() says so or, for a kept worker, a worker of its group marked the group finished since
+    the wait began (asked before each look after the first: a run that finds its cores free starts,
+    however short its time). A `standby` wait (a worker's start) does not look while another
+    group's run waits that is not itself waiting to start.
     """
+    began = time.time()
     waiting: Path | None = None
+    announced = False
     try:
-        wanted = want()
-        if not (standby and _others_waiting(standbys=False)) and _look(wanted):
-            return True
-        waiting = _list_waiting(standby)
-        if on_wait is not None:
-            on_wait(wanted)
         while True:
-            time.sleep(CORE_POLL)
-            # before the look: a worker that finds its study done marks it, then frees its core
-            if give_up is not None and give_up():
-                return False
-            if not (standby and _others_waiting(standbys=False)) and _look(want()):
+            wanted = want()
+            if not (standby and _others_waiting(standbys=False)) and _look(wanted):
                 return True
+            if not announced:
+                announced, waiting = True, _list_waiting(standby)
+                if on_wait is not None:
+                    on_wait(wanted)
+            time.sleep(CORE_POLL)
+            # before the next look: a worker that finds its study done marks it, then frees its core
+            if (give_up is not None and give_up()) or (_group and _finished_since(began)):
+                return False
     finally:
         if waiting is not None:
             waiting.unlink(missing_ok=True)

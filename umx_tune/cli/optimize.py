@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,9 @@ from umx_tune.errors import ConfigError
 from umx_tune.search import choices, objectives, plans, show
 from umx_tune.search.settings import Request
 from umx_tune.tracking import TRACKING_URI_ENV
+
+if TYPE_CHECKING:
+    from umx_tune.search.driver import RunOptions
 
 
 class Blankable(click.ParamType):
@@ -185,7 +188,7 @@ def _environment() -> list[str]:
     return [os.getcwd(), *(f"{n}={os.environ[n]}" for n in names)]
 
 
-def _run_options(kwargs: dict[str, Any], timeout: float | None) -> Any:
+def _run_options(kwargs: dict[str, Any], timeout: float | None) -> RunOptions:
     """This worker's driver.RunOptions, with the seconds of --timeout it has left."""
     from umx_tune.search import driver
 

@@ -96,7 +96,7 @@ def _next_trial(
     worker that keeps its cores (`optimize`) resizes them to the share first, or gives them up for a
     moment to another run that waits for one."""
     fail_stale_trials(study)
-    on_wait = partial(_waiting, ctx, options)
+    on_wait = partial(cores.print_waiting, study=ctx.settings.name) if options.progress else None
 
     def past_deadline() -> bool:
         return deadline is not None and time.monotonic() >= deadline
@@ -124,12 +124,6 @@ def _next_trial(
         return True
     time.sleep(min(poll, IDLE_POLL))  # a trial failed elsewhere is queued again: run it soon
     return False
-
-
-def _waiting(ctx: StudyContext, options: TrialOptions, wanted: int) -> None:
-    """The progress line of a worker that waits for free cores before its next trial."""
-    if options.progress:
-        cores.print_waiting(wanted, ctx.settings.name)
 
 
 def claim(ctx: StudyContext, study: optuna.Study) -> optuna.Trial | None:
