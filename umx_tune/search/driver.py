@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -21,6 +23,8 @@ from umx_tune.search.trial import TrialOptions
 from umx_tune.signals import interruption
 from umx_tune.tracking.client import hide_run_links
 from umx_tune.tracking.server import check_server, tracking_uri
+
+T = TypeVar("T")
 
 
 class StudyFailed(UmxTuneError):
@@ -97,17 +101,22 @@ def _optimize(request: Request, options: RunOptions) -> Outcome:
     if report.stopped_by == "done":  # a worker of the study waiting for a core here need not start
         cores.finish_group()
     outcome = Outcome(ctx, report, best=None, concluded=False)
-    for attempt in range(worker.STORAGE_FAULT_TRIES):
-        try:
-            if _should_conclude(ctx, study, report):
-                conclude(outcome, study, options.register_best)
-            break
-        except worker.STORAGE_FAULTS:  # the database dropped the connection: conclude again
-            if attempt == worker.STORAGE_FAULT_TRIES - 1:
-                raise
-            time.sleep(heartbeat.interval)
+    if _through_faults(lambda: _should_conclude(ctx, study, report), heartbeat):
+        _through_faults(lambda: conclude(outcome, study, options.register_best), heartbeat)
     _check_not_all_failed(report)
     return outcome
+
+
+def _through_faults(action: Callable[[], T], heartbeat: storage.HeartbeatSettings) -> T:
+    """action(), run again a heartbeat interval later where the Optuna storage's database dropped
+    the connection under it (STORAGE_FAULT_TRIES times at most): a worker's checks and repairs
+    after its loop read and write the storage as its loop does."""
+    for _ in range(worker.STORAGE_FAULT_TRIES - 1):
+        try:
+            return action()
+        except worker.STORAGE_FAULTS:
+            time.sleep(heartbeat.interval)
+    return action()
 
 
 def _run_trials(
@@ -120,9 +129,13 @@ def _run_trials(
     """Queued trials until none is left, what the last worker's repair queues again, then (for the
     last worker) the confirmations of --confirm-best."""
     report = worker.run_worker(ctx, study, options, deadline, poll=heartbeat.interval)
-    while report.stopped_by == "done" and _should_conclude(ctx, study, report) and _heal(ctx, heartbeat):
+    while report.stopped_by == "done" and _through_faults(
+        lambda: _should_conclude(ctx, study, report) and _heal(ctx, heartbeat), heartbeat
+    ):
         _more(report, worker.run_worker(ctx, study, options, deadline, poll=heartbeat.interval))
-    if report.stopped_by == "done" and _should_conclude(ctx, study, report):
+    if report.stopped_by == "done" and _through_faults(
+        lambda: _should_conclude(ctx, study, report), heartbeat
+    ):
         _confirm(ctx, study, report, options, deadline, heartbeat.interval)
     return report
 
